@@ -1,0 +1,187 @@
+"""The registered ops: schemas, fake (meta) kernels, autograd, and dispatch to backends.
+
+Every op is a ``torch.library.custom_op`` in the ``lossmix_ext`` namespace whose last
+argument names the backend (already resolved by the caller, see :mod:`._backend`). The op
+body runs the value checks of :mod:`._validation` and then the backend's kernel, so the
+checks also run under ``torch.compile``. Kernels for every backend implement exactly the
+contracts written here; :mod:`lossmix_ext.backends.torch` is the readable default.
+
+``seesaw_fwd`` — fused Seesaw / cross-entropy forward+backward, any number S ∈ {1, 2} of
+label sets, optional objectness columns::
+
+    logits      (N, CT) float16/bfloat16/float32/float64, any strides
+    labels      (S, N) int64 in [0, C) (or [0, C] with objectness); label == ignore_index
+                (None: nothing is ignored) ⇒ no class loss for that set and row
+    weights     (S, N) opmath dtype: per-set, per-row weight of the class loss
+    obj_weights (S, N) opmath dtype or None. If given, the last 2 columns are objectness
+                [fg, bg] logits, C = CT − 2, and the objectness target of set s is
+                bg (1) where labels[s] == C else fg (0)
+    counts      (C,) float or None: per-class sample counts (unused when p <= 0)
+    returns     loss (N,) opmath = Σ_s weights[s]·seesaw_ce(z, labels[s])
+                obj_loss (N,) opmath = Σ_s obj_weights[s]·CE(objectness, target_s)  [(0,) if None]
+                grad (N, CT) logits dtype, contiguous: d(loss + obj_loss)/dz row by row, i.e.
+                Σ_s weights[s]·(softmax(z'_s) − onehot_s) in the class columns and
+                Σ_s obj_weights[s]·(softmax(o) − onehot(target_s)) in the objectness columns.
+
+``opmath`` is float64 for float64 logits, float32 otherwise. ``p <= 0`` and ``q <= 0``
+turn off mitigation and compensation, which makes the op a plain (mixed) cross-entropy.
+The gradient is computed in the forward and saved; the backward only scales it by the
+upstream per-row gradients (``seesaw_bwd``). λ, label weights and reduction divisors enter
+through ``weights``, so the op's outputs are already weighted and a reduction is a sum.
+"""
+from __future__ import annotations
+
+from typing import Optional, Tuple
+
+import torch
+from torch import Tensor
+
+from . import _backend, _validation
+
+NS = "lossmix_ext"
+
+
+def opmath_dtype(dtype: torch.dtype) -> torch.dtype:
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+# --------------------------------------------------------------------------- seesaw_fwd
+@torch.library.custom_op(f"{NS}::seesaw_fwd", mutates_args=())
+def seesaw_fwd(logits: Tensor, labels: Tensor, weights: Tensor, obj_weights: Optional[Tensor],
+               counts: Optional[Tensor], p: float, q: float, eps: float, ignore_index: Optional[int],
+               backend: str) -> Tuple[Tensor, Tensor, Tensor]:
+    num_classes = logits.shape[1] - (2 if obj_weights is not None else 0)
+    _validation.labels_in_range(labels, "labels", num_classes if obj_weights is None else num_classes + 1,
+                                ignore_index)
+    if counts is not None and p > 0:
+        _validation.finite(counts, "cum_samples")
+    return _backend.kernel("seesaw_fwd", backend)(logits, labels, weights, obj_weights, counts, p, q, eps,
+                                                  ignore_index)
+
+
+@seesaw_fwd.register_fake
+def _seesaw_fwd_fake(logits, labels, weights, obj_weights, counts, p, q, eps, ignore_index, backend):
+    n = logits.shape[0]
+    om = opmath_dtype(logits.dtype)
+    loss = logits.new_empty((n,), dtype=om)
+    obj = logits.new_empty((n if obj_weights is not None else 0,), dtype=om)
+    return loss, obj, torch.empty_like(logits, memory_format=torch.contiguous_format)
+
+
+@torch.library.custom_op(f"{NS}::seesaw_bwd", mutates_args=())
+def seesaw_bwd(grad: Tensor, grad_loss: Tensor, grad_obj: Optional[Tensor], backend: str) -> Tensor:
+    """``grad`` scaled row by row: class columns by ``grad_loss``, the last 2 by ``grad_obj`` if given."""
+    return _backend.kernel("seesaw_bwd", backend)(grad, grad_loss, grad_obj)
+
+
+@seesaw_bwd.register_fake
+def _seesaw_bwd_fake(grad, grad_loss, grad_obj, backend):
+    return torch.empty_like(grad)
+
+
+def _seesaw_setup(ctx, inputs, output):
+    ctx.has_obj = inputs[3] is not None
+    ctx.backend = inputs[-1]
+    ctx.save_for_backward(output[2])
+
+
+def _seesaw_backward(ctx, grad_loss, grad_obj, _grad_grad):
+    (grad,) = ctx.saved_tensors
+    om = opmath_dtype(grad.dtype)
+    n = grad.shape[0]
+    if grad_loss is None:
+        grad_loss = grad.new_zeros((n,), dtype=om)
+    if ctx.has_obj and grad_obj is None:
+        grad_obj = grad.new_zeros((n,), dtype=om)
+    g = seesaw_bwd(grad, grad_loss, grad_obj if ctx.has_obj else None, ctx.backend)
+    return g, None, None, None, None, None, None, None, None, None
+
+
+torch.library.register_autograd(f"{NS}::seesaw_fwd", _seesaw_backward, setup_context=_seesaw_setup)
+
+
+# --------------------------------------------------------------------------- mix_images
+# mix_images — batched input mixing (mixup and CutMix in one op)::
+#
+#     images   (B, ...) float16/bfloat16/float32/float64 or uint8; (B, C, H, W) — NCHW or
+#              channels_last — when boxes, mean or std are given
+#     lam      (B,) float32 (float64 for float64 images), in [0, 1]
+#     index    (B,) int64 in [0, B): the partner of each sample (any vector, repeats allowed)
+#     boxes    (B, 4) int64 (y0, x0, y1, x1) or None: per-sample half-open CutMix box,
+#              0 <= y0 <= y1 <= H, 0 <= x0 <= x1 <= W; pixels inside take the partner's value
+#     mean/std (C,) float32 or None (0 / 1): per-channel normalisation
+#     scale    multiplies the raw values first (1/255 for uint8 images)
+#     out_dtype  None ⇒ images' dtype if floating, else float32
+#     returns  out, same shape and memory format as images, dtype out_dtype:
+#              v(x) = (x·scale − mean[c]) / std[c];   (maths in opmath)
+#              out[b] = v(x[index[b]])                              inside box b
+#                       λ[b]·v(x[b]) + (1−λ[b])·v(x[index[b]])     elsewhere
+#
+# mix_images_backward — the gradient w.r.t. floating images: with k[c] = scale / std[c],
+#     dx[b]        += k·a_b·g[b]          (a_b = λ[b] outside box b, 0 inside)
+#     dx[index[b]] += k·(1 − a_b)·g[b]    (repeated indices accumulate)
+@torch.library.custom_op(f"{NS}::mix_images", mutates_args=())
+def mix_images(images: Tensor, lam: Tensor, index: Tensor, boxes: Optional[Tensor], mean: Optional[Tensor],
+               std: Optional[Tensor], scale: float, out_dtype: Optional[torch.dtype], backend: str) -> Tensor:
+    _validation.in_unit_interval(lam, "lam")
+    _validation.labels_in_range(index, "index", images.shape[0])
+    if boxes is not None:
+        _validation.boxes_in_image(boxes, "boxes", images.shape[-2], images.shape[-1])
+    return _backend.kernel("mix_images", backend)(images, lam, index, boxes, mean, std, scale,
+                                                  mix_out_dtype(images.dtype, out_dtype))
+
+
+def mix_out_dtype(images_dtype: torch.dtype, out_dtype: Optional[torch.dtype]) -> torch.dtype:
+    if out_dtype is not None:
+        return out_dtype
+    return images_dtype if images_dtype.is_floating_point else torch.float32
+
+
+@mix_images.register_fake
+def _mix_images_fake(images, lam, index, boxes, mean, std, scale, out_dtype, backend):
+    return torch.empty_like(images, dtype=mix_out_dtype(images.dtype, out_dtype))
+
+
+@torch.library.custom_op(f"{NS}::mix_images_backward", mutates_args=())
+def mix_images_backward(grad: Tensor, lam: Tensor, index: Tensor, boxes: Optional[Tensor], std: Optional[Tensor],
+                        scale: float, images_dtype: torch.dtype, backend: str) -> Tensor:
+    return _backend.kernel("mix_images_backward", backend)(grad, lam, index, boxes, std, scale, images_dtype)
+
+
+@mix_images_backward.register_fake
+def _mix_images_backward_fake(grad, lam, index, boxes, std, scale, images_dtype, backend):
+    return torch.empty_like(grad, dtype=images_dtype)
+
+
+def _mix_setup(ctx, inputs, output):
+    images, lam, index, boxes, mean, std, scale, out_dtype, backend = inputs
+    ctx.backend, ctx.scale, ctx.images_dtype = backend, scale, images.dtype
+    ctx.save_for_backward(lam, index, boxes, std)
+
+
+def _mix_backward(ctx, grad):
+    lam, index, boxes, std = ctx.saved_tensors
+    if not ctx.images_dtype.is_floating_point:
+        return (None,) * 9
+    g = mix_images_backward(grad, lam, index, boxes, std, ctx.scale, ctx.images_dtype, ctx.backend)
+    return (g,) + (None,) * 8
+
+
+torch.library.register_autograd(f"{NS}::mix_images", _mix_backward, setup_context=_mix_setup)
+
+
+# --------------------------------------------------------------------------- count_labels_
+@torch.library.custom_op(f"{NS}::count_labels_", mutates_args=("counts",))
+def count_labels_(counts: Tensor, labels: Tensor) -> None:
+    """``counts[l] += 1`` for every label l (any shape), on device, without a host sync.
+
+    Labels are checked against ``len(counts)`` *before* the buffer is touched.
+    """
+    flat = labels.reshape(-1)
+    _validation.labels_in_range(flat, "labels", counts.shape[0])
+    counts.index_add_(0, flat.long(), torch.ones_like(flat, dtype=counts.dtype))
+
+
+@count_labels_.register_fake
+def _count_labels_fake(counts, labels):
+    return None

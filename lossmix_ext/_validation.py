@@ -1,0 +1,202 @@
+"""Argument checking for every public entry point and registered op, in one place.
+
+Two kinds of checks:
+
+* **Metadata checks** (type, dtype, shape, device, option values) run in the Python
+  wrappers. They read no tensor data, cost nothing on a GPU and are static under
+  ``torch.compile``.
+* **Value checks** (label range, finite counts, λ in [0, 1], mix index range) have to read
+  data. They run inside the registered ops' real kernels (never in fake kernels), so they
+  also run under ``torch.compile(fullgraph=True)``. Their behaviour is set by the
+  validation mode (``LOSSMIX_EXT_VALIDATE`` or :func:`set_validation`):
+
+  ``"auto"`` (default)
+      CPU tensors: checked synchronously, bad values raise ``ValueError``.
+      GPU tensors: device-side asserts (``torch._assert_async``) — no host sync on the
+      hot path; a violation surfaces as a CUDA error at the next synchronisation.
+  ``"sync"``
+      Checked synchronously on every device, ``ValueError`` on bad values (a host sync per
+      check on a GPU: use it while debugging).
+  ``"off"``
+      No value checks. Kernels never read or write out of bounds for labels outside the
+      documented range (such rows are skipped), but results are then meaningless.
+"""
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+from numbers import Real
+from typing import Iterator, Optional
+
+import torch
+from torch import Tensor
+
+FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+INDEX_DTYPES = (torch.int64, torch.int32)
+REDUCTIONS = ("none", "mean", "sum")
+_MODES = ("auto", "sync", "off")
+
+
+def _mode_from_env() -> str:
+    raw = os.environ.get("LOSSMIX_EXT_VALIDATE", "auto").strip().lower()
+    aliases = {"1": "sync", "true": "sync", "0": "off", "false": "off", "": "auto"}
+    raw = aliases.get(raw, raw)
+    if raw not in _MODES:
+        raise ValueError(f"LOSSMIX_EXT_VALIDATE must be one of {_MODES}, got {raw!r}")
+    return raw
+
+
+_mode = _mode_from_env()
+
+
+def get_validation() -> str:
+    """The current value-check mode: ``"auto"``, ``"sync"`` or ``"off"``."""
+    return _mode
+
+
+def set_validation(mode: str) -> str:
+    """Set the value-check mode for this process; returns the previous mode."""
+    global _mode
+    if mode not in _MODES:
+        raise ValueError(f"validation mode must be one of {_MODES}, got {mode!r}")
+    prev, _mode = _mode, mode
+    return prev
+
+
+@contextlib.contextmanager
+def validation(mode: str) -> Iterator[None]:
+    """Context manager form of :func:`set_validation`."""
+    prev = set_validation(mode)
+    try:
+        yield
+    finally:
+        set_validation(prev)
+
+
+# --------------------------------------------------------------------------- metadata
+def tensor(x, name: str) -> Tensor:
+    if not isinstance(x, Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
+    return x
+
+
+def float_tensor(x, name: str, *, ndim: Optional[int] = None, allow=FLOAT_DTYPES) -> Tensor:
+    tensor(x, name)
+    if x.dtype not in allow:
+        raise TypeError(f"{name} must have dtype in {[str(d) for d in allow]}, got {x.dtype}")
+    if ndim is not None and x.dim() != ndim:
+        raise ValueError(f"{name} must be {ndim}-D, got shape {tuple(x.shape)}")
+    return x
+
+
+def index_tensor(x, name: str, n: int, device: torch.device) -> Tensor:
+    tensor(x, name)
+    if x.dtype not in INDEX_DTYPES:
+        raise TypeError(f"{name} must be an int64 (or int32) tensor, got {x.dtype}")
+    if x.dim() != 1 or x.shape[0] != n:
+        raise ValueError(f"{name} must have shape ({n},), got {tuple(x.shape)}")
+    same_device(x, name, device)
+    return x
+
+
+def same_device(x: Tensor, name: str, device: torch.device) -> None:
+    if x.device != device:
+        raise ValueError(f"{name} is on {x.device} but the scores are on {device}")
+
+
+def row_vector(x, name: str, n: int, device: torch.device) -> Tensor:
+    """A per-row float vector of shape (n,)."""
+    float_tensor(x, name)
+    if x.dim() != 1 or x.shape[0] != n:
+        raise ValueError(f"{name} must have shape ({n},), got {tuple(x.shape)}")
+    same_device(x, name, device)
+    return x
+
+
+def lam_vector(lam, n: int, device: torch.device, name: str = "lam") -> Tensor:
+    """λ as a float32 (or float64) tensor of shape (n,); a Python number or 0-d tensor is broadcast."""
+    if isinstance(lam, Real) and not isinstance(lam, bool):
+        if not 0.0 <= float(lam) <= 1.0:
+            raise ValueError(f"{name} must lie in [0, 1], got {lam}")
+        return torch.full((n,), float(lam), dtype=torch.float32, device=device)
+    float_tensor(lam, name)
+    same_device(lam, name, device)
+    if lam.dim() == 0:
+        return lam.expand(n)
+    if lam.dim() != 1 or lam.shape[0] != n:
+        raise ValueError(f"{name} must be a number, a 0-d tensor or have shape ({n},), got {tuple(lam.shape)}")
+    return lam
+
+
+def counts_vector(x, name: str, n: int, device: torch.device) -> Tensor:
+    float_tensor(x, name)
+    if x.dim() != 1 or x.shape[0] != n:
+        raise ValueError(f"{name} must have shape ({n},) (one count per class), got {tuple(x.shape)}")
+    same_device(x, name, device)
+    return x
+
+
+def reduction(reduction: str, avg_factor=None) -> str:
+    if reduction not in REDUCTIONS:
+        raise ValueError(f"reduction must be one of {REDUCTIONS}, got {reduction!r}")
+    if avg_factor is not None and reduction == "sum":
+        # Same message as mmdetection's weight_reduce_loss.
+        raise ValueError('avg_factor can not be used with reduction="sum"')
+    return reduction
+
+
+def seesaw_params(p, q, eps) -> None:
+    for name, v in (("p", p), ("q", q), ("eps", eps)):
+        if not isinstance(v, Real) or isinstance(v, bool) or not math.isfinite(float(v)):
+            raise ValueError(f"{name} must be a finite number, got {v!r}")
+    if eps <= 0:
+        raise ValueError(f"eps must be > 0, got {eps}")
+
+
+# --------------------------------------------------------------------------- values
+def _fail(msg: str) -> None:
+    raise ValueError(msg)
+
+
+def _check(bad: Tensor, msg: str) -> None:
+    """Raise (or assert on device) when the boolean tensor ``bad`` is True."""
+    if _mode == "off":
+        return
+    if bad.device.type == "cpu" or _mode == "sync":
+        if bool(bad):
+            _fail(msg)
+    else:
+        torch._assert_async(~bad, msg)
+
+
+def labels_in_range(labels: Tensor, name: str, num_classes: int, ignore_index: Optional[int] = None) -> None:
+    """Every label in [0, num_classes) or equal to ``ignore_index``."""
+    if _mode == "off" or labels.numel() == 0:
+        return
+    bad = (labels < 0) | (labels >= num_classes)
+    if ignore_index is not None:
+        bad &= labels != ignore_index
+    extra = f" or equal to ignore_index={ignore_index}" if ignore_index is not None else ""
+    _check(bad.any(), f"{name} must lie in [0, {num_classes}){extra}")
+
+
+def finite(x: Tensor, name: str) -> None:
+    if _mode == "off" or x.numel() == 0:
+        return
+    _check(~torch.isfinite(x).all(), f"{name} must be finite (found inf or nan)")
+
+
+def in_unit_interval(x: Tensor, name: str) -> None:
+    if _mode == "off" or x.numel() == 0:
+        return
+    _check(~((x >= 0) & (x <= 1)).all(), f"{name} must lie in [0, 1] (found a value outside, or nan)")
+
+
+def boxes_in_image(boxes: Tensor, name: str, height: int, width: int) -> None:
+    """(B, 4) boxes (y0, x0, y1, x1) with 0 <= y0 <= y1 <= height and 0 <= x0 <= x1 <= width."""
+    if _mode == "off" or boxes.numel() == 0:
+        return
+    y0, x0, y1, x1 = boxes.unbind(1)
+    bad = (y0 < 0) | (x0 < 0) | (y1 < y0) | (x1 < x0) | (y1 > height) | (x1 > width)
+    _check(bad.any(), f"{name} must be (y0, x0, y1, x1) with 0 <= y0 <= y1 <= {height} and 0 <= x0 <= x1 <= {width}")

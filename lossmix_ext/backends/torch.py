@@ -1,0 +1,98 @@
+"""The ``torch`` backend: the ops' contracts written with plain PyTorch ops.
+
+Works on every device and dtype (float64 included). It is the default wherever no fused
+backend is available and is built from the same building blocks as the reference
+(:func:`lossmix_ext._reference.seesaw_logit_adjustment`), so it *is* the reference maths,
+computed in opmath (float32, or float64 for float64 inputs).
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from .. import _reference
+from .._backend import register_kernel
+from .._ops import opmath_dtype
+
+DEVICE_TYPES = ("cpu", "cuda", "meta", "mps", "xpu")
+
+
+def unavailable_reason(device_type: str) -> Optional[str]:
+    return None
+
+
+def _ce_rows_and_grad(z: Tensor, labels: Tensor):
+    """Row CE loss and its gradient softmax(z) − onehot, for labels known to be in range."""
+    lse = torch.logsumexp(z, dim=1)
+    loss = lse - z.gather(1, labels[:, None]).squeeze(1)
+    grad = torch.exp(z - lse[:, None])
+    grad.scatter_add_(1, labels[:, None], torch.full_like(labels[:, None], -1, dtype=z.dtype))
+    return loss, grad
+
+
+@register_kernel("seesaw_fwd", "torch")
+def seesaw_fwd(logits, labels, weights, obj_weights, counts, p, q, eps, ignore_index):
+    om = opmath_dtype(logits.dtype)
+    x = logits.to(om)
+    n, ct = x.shape
+    has_obj = obj_weights is not None
+    c = ct - 2 if has_obj else ct
+    z = x[:, :c]
+    loss = x.new_zeros((n,))
+    obj_loss = x.new_zeros((n if has_obj else 0,))
+    grad = torch.zeros_like(x, memory_format=torch.contiguous_format)
+    if counts is None:
+        counts = x.new_ones((c,))
+    for s in range(labels.shape[0]):
+        lab = labels[s].long()
+        active = torch.ones_like(lab, dtype=torch.bool) if ignore_index is None else lab != ignore_index
+        safe = torch.where(active, lab, torch.zeros_like(lab)).clamp(0, c - 1)
+        w = torch.where(active, weights[s].to(om), torch.zeros_like(x[:, 0]))
+        zmod = z + _reference.seesaw_logit_adjustment(z, safe, counts, p, q, eps)
+        rows, g = _ce_rows_and_grad(zmod, safe)
+        loss += torch.where(active, w * rows, torch.zeros_like(rows))
+        grad[:, :c] += w[:, None] * g
+        if has_obj:
+            target = (lab == c).long()
+            orows, og = _ce_rows_and_grad(x[:, c:], target)
+            ow = obj_weights[s].to(om)
+            obj_loss += ow * orows
+            grad[:, c:] += ow[:, None] * og
+    return loss, obj_loss, grad.to(logits.dtype)
+
+
+@register_kernel("seesaw_bwd", "torch")
+def seesaw_bwd(grad, grad_loss, grad_obj):
+    om = opmath_dtype(grad.dtype)
+    scale = grad_loss.to(om)[:, None].expand(grad.shape)
+    if grad_obj is not None:
+        c = grad.shape[1] - 2
+        scale = torch.cat([scale[:, :c], grad_obj.to(om)[:, None].expand(-1, 2)], dim=1)
+    return (grad.to(om) * scale).to(grad.dtype)
+
+
+@register_kernel("mix_images", "torch")
+def mix_images(images, lam, index, boxes, mean, std, scale, out_dtype):
+    out = torch.empty_like(images, dtype=out_dtype)
+    out.copy_(_reference.mix_images(images, lam, index, boxes, mean, std, scale, out_dtype))
+    return out
+
+
+@register_kernel("mix_images_backward", "torch")
+def mix_images_backward(grad, lam, index, boxes, std, scale, images_dtype):
+    om = opmath_dtype(images_dtype)
+    g = grad.to(om) * scale
+    if std is not None:
+        g = g / std.to(om).view((1, -1) + (1,) * (grad.dim() - 2))
+    a = lam.to(om).view((-1,) + (1,) * (grad.dim() - 1)).expand_as(g)
+    if boxes is not None:
+        inside = _reference.cutmix_mask(boxes, grad.shape[-2], grad.shape[-1]).unsqueeze(1)
+        a = torch.where(inside, torch.zeros_like(a), a)
+    dx = a * g
+    dx.index_add_(0, index.long(), (1 - a) * g)
+    out = torch.empty_like(grad, dtype=images_dtype)
+    out.copy_(dx)
+    return out

@@ -1,0 +1,99 @@
+"""``SeesawLoss``: a drop-in for mmdetection's ``SeesawLoss`` (2.13–3.3) backed by the fused op."""
+from __future__ import annotations
+
+from typing import Dict, Optional, Union
+
+import torch
+from torch import Tensor, nn
+
+from . import _ops, _reference
+from . import _validation as V
+from .functional import seesaw_module_loss
+
+
+class SeesawLoss(nn.Module):
+    """Seesaw loss for long-tailed instance segmentation / detection (Wang et al., CVPR 2021).
+
+    Same constructor, buffer, flags and methods as mmdetection's class. ``cls_score`` has
+    ``num_classes + 2`` columns: C class logits then [foreground, background] objectness.
+    ``labels`` lie in [0, C], C meaning background. Before each loss, ``cum_samples`` (C+1
+    float32 entries, background last) counts the batch's labels, on device, also under
+    ``no_grad`` and in eval mode.
+
+    LossMix: ``forward(..., labels_b=..., lam=...)`` counts *both* label sets (every mixed
+    image shows the instances of both) and returns, for each part,
+    ``loss(labels, weights λ) + loss(labels_b, weights 1−λ)``, each set reduced as the
+    single-set loss would be (class ``mean`` over that set's positives).
+    """
+
+    def __init__(self, use_sigmoid: bool = False, p: float = 0.8, q: float = 2.0, num_classes: int = 1203,
+                 eps: float = 1e-2, reduction: str = "mean", loss_weight: float = 1.0, return_dict: bool = True,
+                 backend: Optional[str] = None) -> None:
+        super().__init__()
+        if use_sigmoid:
+            raise ValueError("SeesawLoss is a softmax loss: use_sigmoid must be False")
+        if not isinstance(num_classes, int) or num_classes < 1:
+            raise ValueError(f"num_classes must be a positive int, got {num_classes!r}")
+        V.seesaw_params(p, q, eps)
+        V.reduction(reduction)
+        self.use_sigmoid = False
+        self.p, self.q, self.eps = p, q, eps
+        self.num_classes = num_classes
+        self.reduction = reduction
+        self.loss_weight = loss_weight
+        self.return_dict = return_dict
+        self.backend = backend
+        self.register_buffer("cum_samples", torch.zeros(num_classes + 1, dtype=torch.float))
+        self.custom_cls_channels = True
+        self.custom_activation = True
+        self.custom_accuracy = True
+
+    def extra_repr(self) -> str:
+        return (f"num_classes={self.num_classes}, p={self.p}, q={self.q}, eps={self.eps}, "
+                f"reduction={self.reduction!r}, loss_weight={self.loss_weight}, return_dict={self.return_dict}")
+
+    def get_cls_channels(self, num_classes: int) -> int:
+        if num_classes != self.num_classes:
+            raise ValueError(f"num_classes {num_classes} differs from the loss's {self.num_classes}")
+        return num_classes + 2
+
+    def _check_scores(self, cls_score: Tensor) -> None:
+        V.float_tensor(cls_score, "cls_score")
+        if cls_score.shape[-1] != self.num_classes + 2:
+            raise ValueError(f"cls_score must have num_classes + 2 = {self.num_classes + 2} columns, "
+                             f"got {cls_score.shape[-1]}")
+
+    def get_activation(self, cls_score: Tensor) -> Tensor:
+        """(N, C+1) scores: class softmax × P(foreground), then P(background)."""
+        self._check_scores(cls_score)
+        return _reference.seesaw_activation(cls_score)
+
+    def get_accuracy(self, cls_score: Tensor, labels: Tensor) -> Dict[str, Tensor]:
+        """``{'acc_objectness', 'acc_classes'}`` top-1 accuracy in percent (classes on positives only)."""
+        self._check_scores(cls_score)
+        return _reference.seesaw_accuracy(cls_score, labels, self.num_classes)
+
+    def forward(self, cls_score: Tensor, labels: Tensor, label_weights: Optional[Tensor] = None,
+                avg_factor=None, reduction_override: Optional[str] = None, labels_b: Optional[Tensor] = None,
+                lam=None) -> Union[Tensor, Dict[str, Tensor]]:
+        if reduction_override not in (None, "none", "mean", "sum"):
+            raise ValueError(f"reduction_override must be None, 'none', 'mean' or 'sum', got {reduction_override!r}")
+        reduction = reduction_override if reduction_override else self.reduction
+        self._check_scores(cls_score)
+        V.index_tensor(labels, "labels", cls_score.shape[0], cls_score.device)
+        if labels_b is not None:
+            V.index_tensor(labels_b, "labels_b", cls_score.shape[0], cls_score.device)
+        if self.cum_samples.device != cls_score.device:
+            raise ValueError(f"the loss's cum_samples buffer is on {self.cum_samples.device} but cls_score is on "
+                             f"{cls_score.device}; move the module with .to(device)")
+        V.reduction(reduction, avg_factor)
+        # Count this batch (labels checked against [0, C] before the buffer is touched).
+        with torch.no_grad():
+            _ops.count_labels_(self.cum_samples, labels if labels_b is None else torch.stack([labels, labels_b]))
+        loss_obj, loss_cls = seesaw_module_loss(
+            cls_score, labels, self.cum_samples, self.num_classes, p=self.p, q=self.q, eps=self.eps,
+            label_weights=label_weights, reduction=reduction, avg_factor=avg_factor, loss_weight=self.loss_weight,
+            labels_b=labels_b, lam=lam, backend=self.backend)
+        if self.return_dict:
+            return {"loss_cls_objectness": loss_obj, "loss_cls_classes": loss_cls}
+        return loss_cls + loss_obj
