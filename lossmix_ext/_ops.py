@@ -170,6 +170,25 @@ def _mix_backward(ctx, grad):
 torch.library.register_autograd(f"{NS}::mix_images", _mix_backward, setup_context=_mix_setup)
 
 
+# --------------------------------------------------------------------------- mix_images_ (in place, pairs)
+# mix_images_ — in-place mixup for an involutive pairing (index[index[b]] == b: flip, or a
+# random matching of disjoint pairs; fixed points b == index[b] stay as they are). Each pair
+# (b, c) is mixed from one read of x[b] and x[c]:
+#     x[b] ← λ[b]·x[b] + (1−λ[b])·x[c],   x[c] ← λ[c]·x[c] + (1−λ[c])·x[b]   (old values, opmath)
+#     images (B, ...) floating, mutated; lam (B,) opmath; index (B,) int64. Not differentiable.
+@torch.library.custom_op(f"{NS}::mix_images_", mutates_args=("images",))
+def mix_images_(images: Tensor, lam: Tensor, index: Tensor, backend: str) -> None:
+    _validation.in_unit_interval(lam, "lam")
+    _validation.labels_in_range(index, "index", images.shape[0])
+    _validation.involutive(index, "index")
+    _backend.kernel("mix_images_", backend)(images, lam, index)
+
+
+@mix_images_.register_fake
+def _mix_images_inplace_fake(images, lam, index, backend):
+    return None
+
+
 # --------------------------------------------------------------------------- count_labels_
 @torch.library.custom_op(f"{NS}::count_labels_", mutates_args=("counts",))
 def count_labels_(counts: Tensor, labels: Tensor) -> None:

@@ -200,3 +200,13 @@ def boxes_in_image(boxes: Tensor, name: str, height: int, width: int) -> None:
     y0, x0, y1, x1 = boxes.unbind(1)
     bad = (y0 < 0) | (x0 < 0) | (y1 < y0) | (x1 < x0) | (y1 > height) | (x1 > width)
     _check(bad.any(), f"{name} must be (y0, x0, y1, x1) with 0 <= y0 <= y1 <= {height} and 0 <= x0 <= x1 <= {width}")
+
+
+def involutive(index: Tensor, name: str) -> None:
+    """``index[index[b]] == b`` for every b (a pairing of disjoint pairs and fixed points)."""
+    if _mode == "off" or index.numel() == 0:
+        return
+    ar = torch.arange(index.shape[0], device=index.device)
+    _check((index[index.long()] != ar).any(),
+           f"{name} must pair samples (index[index[b]] == b for every b), e.g. pairing 'flip' or "
+           "a random pairing of disjoint pairs")

@@ -227,6 +227,23 @@ def mix_images(images: Tensor, lam, index: Tensor, *, boxes: Optional[Tensor] = 
                            float(scale), out_dtype, name)
 
 
+def mix_images_(images: Tensor, lam, index: Tensor, *, backend: Optional[str] = None) -> Tensor:
+    """In-place mixup for a pairing that is its own inverse (``index[index[b]] == b``: pairing
+    ``"flip"``, or ``sample_mix(..., pairing="pairs")``): both members of each pair are mixed
+    from one read of each, ``x[b] ← λ[b]·x[b] + (1−λ[b])·x[index[b]]``. Returns ``images``.
+    Not differentiable (meant for input batches)."""
+    V.float_tensor(images, "images")
+    if images.dim() < 1:
+        raise ValueError("images must have a batch dimension")
+    b = images.shape[0]
+    dev = images.device
+    V.index_tensor(index, "index", b, dev)
+    lam = V.lam_vector(lam, b, dev).to(_ops.opmath_dtype(images.dtype)).contiguous()
+    name = _backend.resolve("mix_images_", backend, dev)
+    _ops.mix_images_(images, lam, index.long().contiguous(), name)
+    return images
+
+
 def lossmix_reduce(loss_a: Tensor, loss_b: Tensor, lam, *, weights: Optional[Tensor] = None,
                    reduction: str = "mean", avg_factor=None) -> Tensor:
     """Per-sample ``λ·loss_a + (1−λ)·loss_b`` (λ (B,) broadcast over trailing dims), times
@@ -259,7 +276,7 @@ def lossmix_reduce(loss_a: Tensor, loss_b: Tensor, lam, *, weights: Optional[Ten
     return loss.sum() / _divisor(reduction, avg_factor, loss.numel())
 
 
-_PAIRINGS = ("random", "flip", "roll")
+_PAIRINGS = ("random", "flip", "roll", "pairs")
 
 
 def sample_beta(shape: Sequence[int], alpha: float, *, generator: Optional[torch.Generator] = None,
@@ -303,7 +320,9 @@ def sample_mix(batch_size: int, alpha: float = 1.0, *, per_sample: bool = True, 
     broadcast to all samples when ``per_sample=False``) and ``index`` (B,) int64 partners:
 
     * ``"random"``: a random permutation, * ``"flip"``: b ↔ B−1−b (timm's batch mode),
-    * ``"roll"``: b → b−1 (torchvision's ``batch.roll(1, 0)``).
+    * ``"roll"``: b → b−1 (torchvision's ``batch.roll(1, 0)``),
+    * ``"pairs"``: a random matching of disjoint pairs (involutive, usable with :func:`mix_images_`;
+      with an odd B one sample is paired with itself).
 
     Odd batch sizes are fine. No host sync: everything is drawn on ``device``.
     """
@@ -325,6 +344,13 @@ def sample_mix(batch_size: int, alpha: float = 1.0, *, per_sample: bool = True, 
         index = torch.randperm(batch_size, generator=generator, device=device)
     elif pairing == "flip":
         index = torch.arange(batch_size - 1, -1, -1, device=device)
-    else:
+    elif pairing == "roll":
         index = torch.roll(torch.arange(batch_size, device=device), 1)
+    else:
+        perm = torch.randperm(batch_size, generator=generator, device=device)
+        partner = perm.clone()
+        m = batch_size - batch_size % 2
+        partner[0:m:2], partner[1:m:2] = perm[1:m:2], perm[0:m:2]
+        index = torch.empty_like(perm)
+        index[perm] = partner
     return lam, index

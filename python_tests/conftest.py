@@ -1,0 +1,29 @@
+"""Shared test set-up.
+
+Without a GPU the Triton kernels run under the Triton interpreter: ``TRITON_INTERPRET=1``
+must be set before triton is first imported, so it is set here, before any test module
+imports lossmix_ext. Tests marked ``gpu`` are skipped when no CUDA device is present.
+"""
+import os
+
+import pytest
+import torch
+
+HAS_CUDA = torch.cuda.is_available()
+if not HAS_CUDA:
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+os.environ.setdefault("TRITON_DEFAULT_FP_FUSION", "1")
+
+
+def pytest_collection_modifyitems(config, items):
+    if HAS_CUDA:
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA device")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+    torch.manual_seed(0)
