@@ -89,8 +89,9 @@ def unavailable_reason(name: str, device_type: str, op: Optional[str] = None) ->
     return None
 
 
-def available_backends(device: Optional[torch.device | str] = None) -> List[str]:
-    """Names of the backends usable for tensors on ``device``.
+def available_backends(device: Optional[torch.device | str] = None, op: Optional[str] = None) -> List[str]:
+    """Names of the backends usable for tensors on ``device`` (and implementing ``op``, e.g.
+    ``"seesaw_fwd"``, if given).
 
     Without ``device``: the backends usable on at least one device type of this machine.
     """
@@ -98,7 +99,7 @@ def available_backends(device: Optional[torch.device | str] = None) -> List[str]
         types = [torch.device(device).type]
     else:
         types = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
-    return [b for b in BACKENDS if any(unavailable_reason(b, t) is None for t in types)]
+    return [b for b in BACKENDS if any(unavailable_reason(b, t, op) is None for t in types)]
 
 
 def backend_status(device: Optional[torch.device | str] = None) -> Dict[str, str]:

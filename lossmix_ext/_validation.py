@@ -11,7 +11,9 @@ Two kinds of checks:
   validation mode (``LOSSMIX_EXT_VALIDATE`` or :func:`set_validation`):
 
   ``"auto"`` (default)
-      CPU tensors: checked synchronously, bad values raise ``ValueError``.
+      CPU tensors: checked synchronously, bad values raise ``ValueError`` (inside a
+      ``torch.compile`` graph a check in wrapper code becomes an in-graph assert that raises
+      ``RuntimeError`` with the same message).
       GPU tensors: device-side asserts (``torch._assert_async``) — no host sync on the
       hot path; a violation surfaces as a CUDA error at the next synchronisation.
   ``"sync"``
@@ -123,9 +125,10 @@ def lam_vector(lam, n: int, device: torch.device, name: str = "lam") -> Tensor:
     float_tensor(lam, name)
     same_device(lam, name, device)
     if lam.dim() == 0:
-        return lam.expand(n)
+        lam = lam.expand(n)
     if lam.dim() != 1 or lam.shape[0] != n:
         raise ValueError(f"{name} must be a number, a 0-d tensor or have shape ({n},), got {tuple(lam.shape)}")
+    in_unit_interval(lam, name)
     return lam
 
 
@@ -162,6 +165,9 @@ def _fail(msg: str) -> None:
 def _check(bad: Tensor, msg: str) -> None:
     """Raise (or assert on device) when the boolean tensor ``bad`` is True."""
     if _mode == "off":
+        return
+    if torch.compiler.is_compiling():  # traced wrapper code: an in-graph assert (RuntimeError)
+        torch._assert_async(~bad, msg)
         return
     if bad.device.type == "cpu" or _mode == "sync":
         if bool(bad):

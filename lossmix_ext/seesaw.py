@@ -81,8 +81,12 @@ class SeesawLoss(nn.Module):
         reduction = reduction_override if reduction_override else self.reduction
         self._check_scores(cls_score)
         V.index_tensor(labels, "labels", cls_score.shape[0], cls_score.device)
+        if (labels_b is None) != (lam is None):
+            raise ValueError("lam is given but labels_b is None; pass both for LossMix, or neither" if labels_b is None
+                             else "labels_b is given but lam is None; pass both for LossMix, or neither")
         if labels_b is not None:
             V.index_tensor(labels_b, "labels_b", cls_score.shape[0], cls_score.device)
+            V.lam_vector(lam, cls_score.shape[0], cls_score.device)
         if self.cum_samples.device != cls_score.device:
             raise ValueError(f"the loss's cum_samples buffer is on {self.cum_samples.device} but cls_score is on "
                              f"{cls_score.device}; move the module with .to(device)")
