@@ -21,3 +21,9 @@ __all__ = [
     "mix_images", "mix_images_", "sample_mix", "sample_beta", "lossmix_reduce", "available_backends", "backend_status",
     "set_default_backend", "BackendUnavailableError", "get_validation", "set_validation", "validation",
 ]
+
+# LossMix training-loop front end (mixing plans, detection and domain-adaptation mixing).
+from .mix import (DetectionMix, DomainMixPlan, LossMix, MixPlan, domain_mix_plans,  # noqa: E402,F401
+                  mix_detection)
+
+__all__ += ["LossMix", "MixPlan", "mix_detection", "DetectionMix", "domain_mix_plans", "DomainMixPlan"]

@@ -1,0 +1,43 @@
+"""``python -m benchmarks [--op NAME ...] [--full] [--device cpu|cuda] [--out DIR] [--reps N] [--quick-check]``"""
+from __future__ import annotations
+
+import argparse
+import sys
+
+from .cases import OPS
+from .harness import run
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m benchmarks", description=(
+        "Benchmark lossmix_ext's ops against the eager reference and torch.compile: checks every "
+        "provider first, counts the reference's memory traffic, times the providers interleaved, "
+        "writes results.csv and plots."))
+    ap.add_argument("--op", nargs="+", choices=list(OPS), metavar="NAME",
+                    help=f"ops to run (default all): {', '.join(OPS)}")
+    ap.add_argument("--full", action="store_true", help="the full grid of shapes and dtypes (long)")
+    ap.add_argument("--quick-check", action="store_true", help="tiny shapes, to check the harness itself")
+    ap.add_argument("--device", choices=("cpu", "cuda"), help="default: cuda when available, else cpu")
+    ap.add_argument("--out", help="output folder (default benchmarks/results/<device>/)")
+    ap.add_argument("--reps", type=int, help="timed repetitions per provider (default: 5 quick, 25 full, "
+                    "ending early past a few seconds per case; exactly N when given)")
+    ap.add_argument("--warmup", type=int, help="untimed warm-up rounds")
+    ap.add_argument("--providers", nargs="+", metavar="NAME",
+                    help="run only these providers (reference, compiled, backend names, torchvision, "
+                         "timm_inplace, clone, lossmix_ext); naming triton on CPU times the interpreter")
+    ap.add_argument("--dtype", nargs="+", dest="dtypes", metavar="NAME",
+                    help="only these dtypes: float32, float16, bfloat16, uint8 (images)")
+    ap.add_argument("--skip", nargs="+", default=(), metavar="NAME", help="providers not to run (e.g. compiled)")
+    ap.add_argument("--no-plots", action="store_true")
+    args = ap.parse_args(argv)
+    if args.full and args.quick_check:
+        ap.error("--full and --quick-check exclude each other")
+    rows = run(args.op, full=args.full, quick_check=args.quick_check, device=args.device, out=args.out,
+               reps=args.reps, warmup=args.warmup, providers=args.providers, skip=args.skip, dtypes=args.dtypes,
+               plots=not args.no_plots)
+    # A lossmix_ext backend that fails its check is a library bug: say so in the exit status.
+    return 1 if any(r.is_backend and r.status == "FAILED" for r in rows) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

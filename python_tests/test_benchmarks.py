@@ -1,0 +1,149 @@
+"""The benchmark harness on tiny shapes: outputs produced, traffic count, failure reporting.
+
+No speed assertions: only that the harness runs, checks providers and reports honestly.
+"""
+import csv
+import importlib.util
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+import lossmix_ext  # noqa: E402
+from benchmarks import Provider, run  # noqa: E402
+from benchmarks import cases as C  # noqa: E402
+from benchmarks.__main__ import main  # noqa: E402
+from benchmarks.harness import compare  # noqa: E402
+from benchmarks.traffic import TrafficCounter  # noqa: E402
+
+CPU = torch.device("cpu")
+# Backends timed here: everything but the Triton interpreter (covered by its own tests).
+BACKENDS = [b for b in lossmix_ext.available_backends("cpu") if b != "triton"]
+
+
+def _wrong_seesaw(i):
+    """A deliberately wrong provider: the right loss, 1% too large."""
+    return lossmix_ext.seesaw_loss(i["logits"], i["labels"], i["counts"], backend="torch") * 1.01
+
+
+@pytest.fixture(scope="module")
+def bench(tmp_path_factory):
+    out = tmp_path_factory.mktemp("bench")
+    lines = []
+    rows = run(["seesaw_loss", "mix_images", "mix_images_", "lossmix_reduce"], quick_check=True, out=str(out),
+               reps=2, warmup=0, echo=lines.append,
+               providers=["reference", "wrong", "torchvision", "timm_inplace", "clone", "lossmix_ext"] + BACKENDS,
+               extra_providers={"seesaw_loss": [Provider("wrong", _wrong_seesaw)]})
+    return rows, out, "\n".join(lines)
+
+
+def _row(rows, op, mode, provider):
+    found = [r for r in rows if (r.op, r.mode, r.provider) == (op, mode, provider)]
+    assert len(found) == 1, (op, mode, provider, found)
+    return found[0]
+
+
+def test_table_and_csv_are_written(bench):
+    rows, out, table = bench
+    assert "== seesaw_loss fwd+bwd  N=64 C=17  float32 ==" in table
+    assert "== mix_images_ fwd" in table
+    with open(out / "results.csv", newline="") as f:
+        records = list(csv.DictReader(f))
+    assert {"timestamp", "device", "torch", "triton", "op", "mode", "shape", "dtype", "provider", "metric",
+            "value", "unit"} <= set(records[0])
+    # one row per op x mode x provider x shape x dtype x metric
+    keys = [(r["op"], r["mode"], r["provider"], r["shape"], r["dtype"], r["metric"]) for r in records]
+    assert len(keys) == len(set(keys))
+    ref_median = [r for r in records if (r["op"], r["mode"], r["provider"], r["metric"]) ==
+                  ("seesaw_loss", "fwd+bwd", "reference", "median_ms")]
+    assert len(ref_median) == 1 and float(ref_median[0]["value"]) > 0
+    for mode in ("fwd", "bwd", "fwd+bwd"):
+        for provider in ["reference"] + BACKENDS:  # every backend is run; each one's own tests judge it
+            assert _row(rows, "seesaw_loss", mode, provider).status in ("ok", "FAILED")
+        for provider in ("reference", "torch"):    # the reference maths pass the harness's check
+            r = _row(rows, "seesaw_loss", mode, provider)
+            assert r.status == "ok", r.note
+            assert r.p20_ms <= r.median_ms <= r.p80_ms and r.samples == 2
+    assert _row(rows, "seesaw_loss", "fwd+bwd", "reference").speedup_vs_reference == pytest.approx(1.0)
+    # the in-place mix and its timm-style counterpart agree with the reference (flip pairing)
+    assert _row(rows, "mix_images_", "fwd", "timm_inplace").status == "ok"
+    assert _row(rows, "mix_images", "fwd", "torchvision").status == "ok"
+    if importlib.util.find_spec("matplotlib") is not None:
+        assert (out / "gbps_vs_size.png").stat().st_size > 0
+
+
+def test_traffic_ratio_of_eager_seesaw_exceeds_the_fused_model(bench):
+    rows, _, _ = bench
+    r = _row(rows, "seesaw_loss", "fwd+bwd", "reference")
+    n, c = 64, 17
+    assert r.model_bytes == 2 * n * c * 4 + 8 * n + 4 * c  # read logits + write grad + labels + counts
+    assert r.traffic_ratio > 1
+    assert r.traffic_bytes == pytest.approx(r.traffic_ratio * r.model_bytes)
+
+
+def test_wrong_provider_is_failed_and_not_timed(bench):
+    rows, _, table = bench
+    for mode in ("fwd", "bwd", "fwd+bwd"):
+        r = _row(rows, "seesaw_loss", mode, "wrong")
+        assert r.status == "FAILED"
+        assert "disagrees with the reference" in r.note
+        assert r.median_ms is None and r.speedup_vs_reference is None
+    assert "FAILED: wrong on seesaw_loss" in table
+
+
+def test_image_byte_models():
+    g = torch.Generator().manual_seed(0)
+    shape = {"B": 4, "C": 3, "H": 8, "W": 8}
+    batch = 4 * 3 * 8 * 8 * 4
+    case = C.mix_images_case(shape, torch.float32, CPU, g)
+    clone = next(p for p in case.providers if p.name == "clone")
+    assert case.byte_model["fwd"] == 3 * batch == 1.5 * clone.byte_model["fwd"]  # 2 reads + 1 write
+    assert C.mix_images_inplace_case(shape, torch.float32, CPU, g).byte_model["fwd"] == 2 * batch
+    u8 = C.mix_images_case(shape, torch.uint8, CPU, g)
+    assert u8.byte_model["fwd"] == 4 * 3 * 8 * 8 * (1 + 1 + 4)  # two uint8 reads, one float32 write
+
+
+def test_compile_failure_is_reported_not_raised(tmp_path, monkeypatch):
+    def broken_compile(fn, **kwargs):
+        def call(*args, **kw):
+            raise RuntimeError("compiler unavailable")
+        return call
+
+    monkeypatch.setattr(torch, "compile", broken_compile)
+    rows = run(["lossmix_reduce"], quick_check=True, out=str(tmp_path), reps=1, warmup=0, plots=False,
+               providers=["reference", "compiled"], echo=lambda s: None)
+    assert _row(rows, "lossmix_reduce", "fwd+bwd", "compiled").status == "FAILED"
+    assert "compiler unavailable" in _row(rows, "lossmix_reduce", "fwd+bwd", "compiled").note
+    assert _row(rows, "lossmix_reduce", "fwd+bwd", "reference").status == "ok"
+
+
+def test_traffic_counter_counts_bytes_not_views():
+    x = torch.randn(1000)
+    with TrafficCounter() as tc:
+        x.view(10, 100).t().reshape(-1, 10)        # views: nothing moves
+    assert tc.bytes == 0
+    with TrafficCounter() as tc:
+        y = x + 1                                  # read 4000 B, write 4000 B
+        torch.ones(1).expand(1000).mul(x)          # ones writes 4 B; mul reads 4 + 4000 B, writes 4000 B
+        y.copy_(x)                                 # read 4000 B, write 4000 B
+    assert tc.bytes == 8000 + 4 + 8004 + 8000
+
+
+def test_compare_reports_mismatches():
+    ref = torch.tensor([1.0, -2.0, 3.0])
+    assert compare((ref * (1 + 1e-6),), (ref,), "output", 1e-4, 1e-5) is None
+    assert "max |err|" in compare((ref * 1.01,), (ref,), "output", 1e-4, 1e-5)
+    assert compare((torch.tensor([1.0, float("nan"), 3.0]),), (ref,), "output", 1e-4, 1e-5) is not None
+    assert "shape" in compare((ref[:2],), (ref,), "gradient", 1e-4, 1e-5)
+
+
+def test_command_line(tmp_path):
+    code = main(["--quick-check", "--op", "lossmix_reduce", "--providers", "reference", "lossmix_ext",
+                 "--out", str(tmp_path), "--reps", "1", "--no-plots"])
+    assert code == 0
+    assert (tmp_path / "results.csv").exists()
