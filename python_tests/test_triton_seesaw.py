@@ -13,10 +13,7 @@ losses (float32 outputs, float32 maths on the same inputs) rtol 1e-5, atol 1e-5;
 rounding, and float16's subnormal spacing. bfloat16 (GPU only): gradients rtol 8e-3, atol 1e-4.
 Logits of ±1e4: losses atol 1e-2 (a float32 ulp at the 4e4 adjusted logits is 3.9e-3).
 """
-import json
 import os
-import subprocess
-import sys
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
@@ -27,13 +24,13 @@ import lossmix_ext as L
 from lossmix_ext import _ops
 from lossmix_ext import _reference as R
 from lossmix_ext.backends import torch as torch_backend
+from triton_aot import compile_module_configs
 
 pytest.importorskip("triton")
 from lossmix_ext.backends.triton import seesaw as TS  # noqa: E402
 
 HAS_CUDA = torch.cuda.is_available()
 DEV = "cuda" if HAS_CUDA else "cpu"
-HERE = os.path.dirname(os.path.abspath(__file__))
 
 MODES = {"ce": (0.0, 0.0), "seesaw": (0.8, 2.0), "mitigation": (0.8, 0.0), "compensation": (0.0, 2.0)}
 TOL = {torch.float32: dict(loss=(1e-5, 1e-6), grad=(1e-5, 1e-6)),
@@ -454,26 +451,8 @@ def test_launch_choice():
 
 
 # --------------------------------------------------------------------------- AOT compile for sm_80 / sm_90
-_AOT_SCRIPT = r"""
-import json, sys
-sys.path.insert(0, {here!r})
-from triton_aot import compile_for, resource_usage
-from lossmix_ext.backends.triton import seesaw as TS
-warps = TS.aot_num_warps()
-for name, fn, sig, consts in TS.aot_configs():
-    k = compile_for(fn, sig, consts, {cc}, num_warps=warps[name])
-    print(json.dumps({{"name": name, "cc": {cc}, "num_warps": warps[name], **resource_usage(k)}}), flush=True)
-"""
-
-
 def _aot_compile(cc):
-    # triton.jit gives interpreted functions under TRITON_INTERPRET=1: compile in a clean process
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    env.setdefault("TRITON_DEFAULT_FP_FUSION", "1")
-    proc = subprocess.run([sys.executable, "-c", _AOT_SCRIPT.format(here=HERE, cc=cc)], env=env,
-                          capture_output=True, text=True, timeout=900)
-    assert proc.returncode == 0, proc.stderr[-4000:]
-    return [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
+    return compile_module_configs("lossmix_ext.backends.triton.seesaw", cc)
 
 
 def test_aot_compile_sm80_sm90():

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
 import subprocess
+import shutil
 import tempfile
 
 
@@ -48,3 +48,41 @@ def resource_usage(compiled) -> dict:
         if m:
             usage[name] = int(m.group(1))
     return usage
+
+
+_SCRIPT = r"""
+import json, sys
+sys.path.insert(0, sys.argv[1])
+import importlib
+from triton_aot import compile_for, resource_usage
+mod = importlib.import_module(sys.argv[2])
+cc, wanted = int(sys.argv[3]), sys.argv[4]
+names = set(wanted.split(",")) if wanted else None
+warps = mod.aot_num_warps() if hasattr(mod, "aot_num_warps") else {}
+for name, fn, sig, consts in mod.aot_configs():
+    if names is None or name in names:
+        nw = warps.get(name, getattr(mod, "NUM_WARPS", 4))
+        k = compile_for(fn, sig, consts, cc, num_warps=nw)
+        usage = resource_usage(k)
+        usage["cubin_bytes"] = len(k.asm.get("cubin") or b"")
+        print(json.dumps({"name": name, "cc": cc, "num_warps": nw, **usage}), flush=True)
+"""
+
+
+def compile_module_configs(module: str, cc: int, names=None, timeout: int = 900) -> list:
+    """Compile ``module.aot_configs()`` (all, or those in ``names``) for ``sm_{cc}`` in a fresh
+    process without ``TRITON_INTERPRET`` (under the interpreter ``triton.jit`` gives interpreted
+    functions that cannot be compiled). Each kernel gets the ``num_warps`` its dispatch uses
+    (``module.aot_num_warps()`` or ``module.NUM_WARPS``). Returns one dict per kernel:
+    name, cc, num_warps, cubin_bytes and the :func:`resource_usage` figures."""
+    import json
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    env.setdefault("TRITON_DEFAULT_FP_FUSION", "1")
+    here = os.path.dirname(os.path.abspath(__file__))
+    proc = subprocess.run([sys.executable, "-c", _SCRIPT, here, module, str(cc), ",".join(names or [])],
+                          env=env, capture_output=True, text=True, timeout=timeout)
+    if proc.returncode != 0:
+        raise RuntimeError(f"AOT compile of {module} for sm_{cc} failed:\n{proc.stderr[-4000:]}")
+    return [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
