@@ -13,7 +13,6 @@ losses (float32 outputs, float32 maths on the same inputs) rtol 1e-5, atol 1e-5;
 rounding, and float16's subnormal spacing. bfloat16 (GPU only): gradients rtol 8e-3, atol 1e-4.
 Logits of ±1e4: losses atol 1e-2 (a float32 ulp at the 4e4 adjusted logits is 3.9e-3).
 """
-import os
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
