@@ -50,13 +50,17 @@ def opmath_dtype(dtype: torch.dtype) -> torch.dtype:
 def seesaw_fwd(logits: Tensor, labels: Tensor, weights: Tensor, obj_weights: Optional[Tensor],
                counts: Optional[Tensor], p: float, q: float, eps: float, ignore_index: Optional[int],
                backend: str) -> Tuple[Tensor, Tensor, Tensor]:
+    _check_seesaw_values(logits, labels, obj_weights, counts, p, ignore_index)
+    return _backend.kernel("seesaw_fwd", backend)(logits, labels, weights, obj_weights, counts, p, q, eps,
+                                                  ignore_index)
+
+
+def _check_seesaw_values(logits, labels, obj_weights, counts, p, ignore_index) -> None:
     num_classes = logits.shape[1] - (2 if obj_weights is not None else 0)
     _validation.labels_in_range(labels, "labels", num_classes if obj_weights is None else num_classes + 1,
                                 ignore_index)
     if counts is not None and p > 0:
         _validation.finite(counts, "cum_samples")
-    return _backend.kernel("seesaw_fwd", backend)(logits, labels, weights, obj_weights, counts, p, q, eps,
-                                                  ignore_index)
 
 
 @seesaw_fwd.register_fake
@@ -98,6 +102,30 @@ def _seesaw_backward(ctx, grad_loss, grad_obj, _grad_grad):
 
 
 torch.library.register_autograd(f"{NS}::seesaw_fwd", _seesaw_backward, setup_context=_seesaw_setup)
+
+
+class SeesawInplace(torch.autograd.Function):
+    """``seesaw_fwd`` storing its gradient over the logits buffer (eager mode only).
+
+    Saves the 1× logits that the out-of-place op keeps alive between forward and backward.
+    The logits are marked dirty, so autograd bumps their version counter: an upstream op that
+    saved them for its own backward raises "modified by an inplace operation" at backward
+    instead of silently using the overwritten values. Backends provide ``seesaw_fwd_inplace``.
+    """
+
+    @staticmethod
+    def forward(ctx, logits, labels, weights, obj_weights, counts, p, q, eps, ignore_index, backend):
+        _check_seesaw_values(logits, labels, obj_weights, counts, p, ignore_index)
+        loss, obj_loss, grad = _backend.kernel("seesaw_fwd_inplace", backend)(
+            logits, labels, weights, obj_weights, counts, p, q, eps, ignore_index)
+        ctx.mark_dirty(logits)
+        _seesaw_setup(ctx, (logits, labels, weights, obj_weights, counts, p, q, eps, ignore_index, backend),
+                      (loss, obj_loss, grad))
+        return loss, obj_loss, grad
+
+    @staticmethod
+    def backward(ctx, grad_loss, grad_obj, grad_grad):
+        return _seesaw_backward(ctx, grad_loss, grad_obj, grad_grad)
 
 
 # --------------------------------------------------------------------------- mix_images

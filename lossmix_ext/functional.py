@@ -43,30 +43,52 @@ def _seesaw_common(cls_score, p, q, eps, reduction, avg_factor):
     V.reduction(reduction, avg_factor)
 
 
+def _seesaw_op(logits, labels, weights, obj_weights, counts, p, q, eps, ignore_index, backend, inplace_grad):
+    """Resolve the backend and run ``seesaw_fwd`` — or, with ``inplace_grad`` in eager mode when a
+    gradient is needed, its variant that stores the gradient over ``logits``."""
+    if inplace_grad and not torch.compiler.is_compiling() and torch.is_grad_enabled() and logits.requires_grad:
+        if logits.is_leaf:
+            raise ValueError("inplace_grad=True overwrites the scores, so they must come out of an op "
+                             "(a leaf tensor that requires grad cannot be overwritten)")
+        if not logits.is_contiguous():
+            raise ValueError("inplace_grad=True needs contiguous scores")
+        name = _backend.resolve("seesaw_fwd_inplace", backend, logits.device)
+        return _ops.SeesawInplace.apply(logits, labels, weights, obj_weights, counts, p, q, eps, ignore_index, name)
+    name = _backend.resolve("seesaw_fwd", backend, logits.device)
+    return _ops.seesaw_fwd(logits, labels, weights, obj_weights, counts, p, q, eps, ignore_index, name)
+
+
 def seesaw_loss(cls_score: Tensor, labels: Tensor, cum_samples: Tensor, *, p: float = 0.8, q: float = 2.0,
                 eps: float = 1e-2, label_weights: Optional[Tensor] = None, reduction: str = "mean",
-                avg_factor=None, backend: Optional[str] = None) -> Tensor:
+                avg_factor=None, backend: Optional[str] = None, inplace_grad: bool = False) -> Tensor:
     """Seesaw cross-entropy over class logits ``cls_score`` (N, C) with ``labels`` (N,) in [0, C)
     and per-class sample counts ``cum_samples`` (C,) — mmdetection's ``seesaw_ce_loss``.
 
     ``mean`` is the mean over the N rows (``sum / (avg_factor + eps)`` with ``avg_factor``).
     Differentiable w.r.t. ``cls_score``; the fused gradient is ``softmax(z') − onehot``.
+
+    ``inplace_grad=True`` (eager mode; ignored under ``torch.compile``) stores the gradient over
+    ``cls_score``'s buffer instead of a new tensor, saving 1× the logits between forward and
+    backward. ``cls_score`` must be contiguous and not a leaf; its values are destroyed, and an
+    upstream op that saved it for backward raises an error at backward rather than silently
+    computing with overwritten values.
     """
     return _seesaw_class_loss(cls_score, (labels,), None, cum_samples, p, q, eps, label_weights, reduction,
-                              avg_factor, backend)
+                              avg_factor, backend, inplace_grad)
 
 
 def seesaw_loss_mixed(cls_score: Tensor, labels_a: Tensor, labels_b: Tensor, lam, cum_samples: Tensor, *,
                       p: float = 0.8, q: float = 2.0, eps: float = 1e-2, label_weights: Optional[Tensor] = None,
-                      reduction: str = "mean", avg_factor=None, backend: Optional[str] = None) -> Tensor:
+                      reduction: str = "mean", avg_factor=None, backend: Optional[str] = None,
+                      inplace_grad: bool = False) -> Tensor:
     """LossMix Seesaw: per row ``λ·seesaw(y_a) + (1−λ)·seesaw(y_b)``, weighted and reduced as
     :func:`seesaw_loss`, from a single read of the logits. ``lam`` is a number, a 0-d tensor or (N,)."""
     return _seesaw_class_loss(cls_score, (labels_a, labels_b), lam, cum_samples, p, q, eps, label_weights,
-                              reduction, avg_factor, backend)
+                              reduction, avg_factor, backend, inplace_grad)
 
 
 def _seesaw_class_loss(cls_score, label_sets, lam, cum_samples, p, q, eps, label_weights, reduction,
-                       avg_factor, backend):
+                       avg_factor, backend, inplace_grad):
     _seesaw_common(cls_score, p, q, eps, reduction, avg_factor)
     n, c = cls_score.shape
     dev = cls_score.device
@@ -82,17 +104,16 @@ def _seesaw_class_loss(cls_score, label_sets, lam, cum_samples, p, q, eps, label
         lam = V.lam_vector(lam, n, dev).to(om)
         weights = torch.stack([lam * lw, (1 - lam) * lw])
     labels = torch.stack([lab.long() for lab in label_sets])
-    name = _backend.resolve("seesaw_fwd", backend, dev)
-    rows, _, _ = _ops.seesaw_fwd(cls_score, labels, weights, None, cum_samples, float(p), float(q), float(eps),
-                                 None, name)
+    rows, _, _ = _seesaw_op(cls_score, labels, weights, None, cum_samples, float(p), float(q), float(eps), None,
+                            backend, inplace_grad)
     return _reduce_rows(rows, reduction)
 
 
 def seesaw_module_loss(cls_score: Tensor, labels: Tensor, cum_samples: Tensor, num_classes: int, *,
                        p: float = 0.8, q: float = 2.0, eps: float = 1e-2, label_weights: Optional[Tensor] = None,
                        reduction: str = "mean", avg_factor=None, loss_weight: float = 1.0,
-                       labels_b: Optional[Tensor] = None, lam=None,
-                       backend: Optional[str] = None) -> Tuple[Tensor, Tensor]:
+                       labels_b: Optional[Tensor] = None, lam=None, backend: Optional[str] = None,
+                       inplace_grad: bool = False) -> Tuple[Tensor, Tensor]:
     """mmdetection ``SeesawLoss`` loss (after the count update) in one fused op:
     ``(loss_objectness, loss_classes)`` from ``cls_score`` (N, C+2) and labels in [0, C]
     (C = background). With ``labels_b`` and ``lam``: each label set's loss weighted by λ and
@@ -130,9 +151,8 @@ def seesaw_module_loss(cls_score: Tensor, labels: Tensor, cum_samples: Tensor, n
         cls_w.append(w * pos / cls_div)
         obj_w.append(w / obj_div)
     labels_all = torch.stack([lab.long() for lab, _ in sets])
-    name = _backend.resolve("seesaw_fwd", backend, dev)
-    cls_rows, obj_rows, _ = _ops.seesaw_fwd(cls_score, labels_all, torch.stack(cls_w), torch.stack(obj_w),
-                                            cum_samples[:c], float(p), float(q), float(eps), c, name)
+    cls_rows, obj_rows, _ = _seesaw_op(cls_score, labels_all, torch.stack(cls_w), torch.stack(obj_w),
+                                       cum_samples[:c], float(p), float(q), float(eps), c, backend, inplace_grad)
     loss_obj = loss_weight * _reduce_rows(obj_rows, reduction)
     loss_cls = loss_weight * _reduce_rows(cls_rows, reduction)
     if reduction == "none" and labels_b is None:
@@ -142,7 +162,7 @@ def seesaw_module_loss(cls_score: Tensor, labels: Tensor, cum_samples: Tensor, n
 
 def mixed_cross_entropy(logits: Tensor, labels_a: Tensor, labels_b: Tensor, lam, *,
                         label_weights: Optional[Tensor] = None, ignore_index: int = -100, reduction: str = "mean",
-                        avg_factor=None, backend: Optional[str] = None) -> Tensor:
+                        avg_factor=None, backend: Optional[str] = None, inplace_grad: bool = False) -> Tensor:
     """LossMix cross-entropy: per row ``λ·CE(y_a) + (1−λ)·CE(y_b)`` from one read of the logits.
 
     ``mean`` reduces each label set as ``F.cross_entropy`` would (divide by its number of
@@ -166,9 +186,8 @@ def mixed_cross_entropy(logits: Tensor, labels_a: Tensor, labels_b: Tensor, lam,
         valid = (lab != ignore_index).to(om)
         weights.append(lam_s * lw * valid / _divisor(reduction, avg_factor, valid.sum()))
     labels = torch.stack([labels_a.long(), labels_b.long()])
-    name = _backend.resolve("seesaw_fwd", backend, dev)
-    rows, _, _ = _ops.seesaw_fwd(logits, labels, torch.stack(weights), None, None, 0.0, 0.0, 1.0,
-                                 int(ignore_index), name)
+    rows, _, _ = _seesaw_op(logits, labels, torch.stack(weights), None, None, 0.0, 0.0, 1.0, int(ignore_index),
+                            backend, inplace_grad)
     return _reduce_rows(rows, reduction)
 
 

@@ -24,11 +24,14 @@ class SeesawLoss(nn.Module):
     image shows the instances of both) and returns, for each part,
     ``loss(labels, weights λ) + loss(labels_b, weights 1−λ)``, each set reduced as the
     single-set loss would be (class ``mean`` over that set's positives).
+
+    ``backend`` picks the kernel backend (default: automatic); ``inplace_grad=True`` stores the
+    gradient over ``cls_score`` (see :func:`lossmix_ext.seesaw_loss`).
     """
 
     def __init__(self, use_sigmoid: bool = False, p: float = 0.8, q: float = 2.0, num_classes: int = 1203,
                  eps: float = 1e-2, reduction: str = "mean", loss_weight: float = 1.0, return_dict: bool = True,
-                 backend: Optional[str] = None) -> None:
+                 backend: Optional[str] = None, inplace_grad: bool = False) -> None:
         super().__init__()
         if use_sigmoid:
             raise ValueError("SeesawLoss is a softmax loss: use_sigmoid must be False")
@@ -43,6 +46,7 @@ class SeesawLoss(nn.Module):
         self.loss_weight = loss_weight
         self.return_dict = return_dict
         self.backend = backend
+        self.inplace_grad = inplace_grad
         self.register_buffer("cum_samples", torch.zeros(num_classes + 1, dtype=torch.float))
         self.custom_cls_channels = True
         self.custom_activation = True
@@ -97,7 +101,7 @@ class SeesawLoss(nn.Module):
         loss_obj, loss_cls = seesaw_module_loss(
             cls_score, labels, self.cum_samples, self.num_classes, p=self.p, q=self.q, eps=self.eps,
             label_weights=label_weights, reduction=reduction, avg_factor=avg_factor, loss_weight=self.loss_weight,
-            labels_b=labels_b, lam=lam, backend=self.backend)
+            labels_b=labels_b, lam=lam, backend=self.backend, inplace_grad=self.inplace_grad)
         if self.return_dict:
             return {"loss_cls_objectness": loss_obj, "loss_cls_classes": loss_cls}
         return loss_cls + loss_obj

@@ -63,6 +63,15 @@ def seesaw_fwd(logits, labels, weights, obj_weights, counts, p, q, eps, ignore_i
     return loss, obj_loss, grad.to(logits.dtype)
 
 
+@register_kernel("seesaw_fwd_inplace", "torch")
+def seesaw_fwd_inplace(logits, labels, weights, obj_weights, counts, p, q, eps, ignore_index):
+    """Same results as ``seesaw_fwd``, the gradient copied over ``logits`` (no memory saved here:
+    this is the semantics, for testing and for devices without a fused backend)."""
+    loss, obj_loss, grad = seesaw_fwd(logits, labels, weights, obj_weights, counts, p, q, eps, ignore_index)
+    logits.copy_(grad)
+    return loss, obj_loss, logits
+
+
 @register_kernel("seesaw_bwd", "torch")
 def seesaw_bwd(grad, grad_loss, grad_obj):
     om = opmath_dtype(grad.dtype)

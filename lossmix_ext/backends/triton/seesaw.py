@@ -284,10 +284,21 @@ def _device_guard(t: torch.Tensor):
     return torch.cuda.device(t.device) if t.device.type == "cuda" else contextlib.nullcontext()
 
 
+@register_kernel("seesaw_fwd_inplace", "triton")
+def seesaw_fwd_inplace(logits, labels, weights, obj_weights, counts, p, q, eps, ignore_index):
+    """``seesaw_fwd`` writing the gradient over ``logits`` (contiguous): each program loads its
+    rows (or, looped, each chunk) before storing the gradient there, so aliasing is safe."""
+    return seesaw_fwd(logits, labels, weights, obj_weights, counts, p, q, eps, ignore_index, out=logits)
+
+
 @register_kernel("seesaw_fwd", "triton")
-def seesaw_fwd(logits, labels, weights, obj_weights, counts, p, q, eps, ignore_index):
+def seesaw_fwd(logits, labels, weights, obj_weights, counts, p, q, eps, ignore_index, out=None):
     if logits.dtype not in _TL_DTYPES:  # float64: the torch backend computes in float64
-        return _torch_backend.seesaw_fwd(logits, labels, weights, obj_weights, counts, p, q, eps, ignore_index)
+        res = _torch_backend.seesaw_fwd(logits, labels, weights, obj_weights, counts, p, q, eps, ignore_index)
+        if out is not None:
+            out.copy_(res[2])
+            return res[0], res[1], out
+        return res
     n, ct = logits.shape
     has_obj = obj_weights is not None
     c = ct - 2 if has_obj else ct
@@ -303,7 +314,12 @@ def seesaw_fwd(logits, labels, weights, obj_weights, counts, p, q, eps, ignore_i
     dev = logits.device
     loss = torch.empty((n,), dtype=torch.float32, device=dev)
     obj_loss = torch.empty((n if has_obj else 0,), dtype=torch.float32, device=dev)
-    grad = torch.empty((n, ct), dtype=logits.dtype, device=dev)
+    if out is not None:
+        if out.data_ptr() != logits.data_ptr() or not logits.is_contiguous():
+            raise ValueError("the in-place gradient needs contiguous logits and out=logits")
+        grad = out
+    else:
+        grad = torch.empty((n, ct), dtype=logits.dtype, device=dev)
     if n == 0:
         return loss, obj_loss, grad
     if logits.stride(1) != 1:
