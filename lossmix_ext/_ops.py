@@ -11,7 +11,8 @@ label sets, optional objectness columns::
 
     logits      (N, CT) float16/bfloat16/float32/float64, any strides
     labels      (S, N) int64 in [0, C) (or [0, C] with objectness); label == ignore_index
-                (None: nothing is ignored) ⇒ no class loss for that set and row
+                (None: nothing is ignored), or any label outside [0, C) (the background C,
+                or anything when value checks are off) ⇒ no class loss for that set and row
     weights     (S, N) opmath dtype: per-set, per-row weight of the class loss
     obj_weights (S, N) opmath dtype or None. If given, the last 2 columns are objectness
                 [fg, bg] logits, C = CT − 2, and the objectness target of set s is
@@ -84,6 +85,7 @@ def _seesaw_bwd_fake(grad, grad_loss, grad_obj, backend):
 
 
 def _seesaw_setup(ctx, inputs, output):
+    ctx.set_materialize_grads(False)  # the unused grad output would otherwise get an N×C zero tensor
     ctx.has_obj = inputs[3] is not None
     ctx.backend = inputs[-1]
     ctx.save_for_backward(output[2])

@@ -47,7 +47,9 @@ def seesaw_fwd(logits, labels, weights, obj_weights, counts, p, q, eps, ignore_i
         counts = x.new_ones((c,))
     for s in range(labels.shape[0]):
         lab = labels[s].long()
-        active = torch.ones_like(lab, dtype=torch.bool) if ignore_index is None else lab != ignore_index
+        active = (lab >= 0) & (lab < c)
+        if ignore_index is not None:
+            active &= lab != ignore_index
         safe = torch.where(active, lab, torch.zeros_like(lab)).clamp(0, c - 1)
         w = torch.where(active, weights[s].to(om), torch.zeros_like(x[:, 0]))
         zmod = z + _reference.seesaw_logit_adjustment(z, safe, counts, p, q, eps)

@@ -1,0 +1,469 @@
+// Torch glue of the CPU kernels (see ops_cpu.h and kernels.h).
+#include "ops_cpu.h"
+
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+#include <c10/util/BFloat16.h>
+#include <c10/util/Half.h>
+
+#include <algorithm>
+#include <cmath>
+#include <type_traits>
+#include <vector>
+
+#include "kernels.h"
+
+namespace lmx_cpu {
+namespace {
+
+using at::Tensor;
+
+constexpr int64_t kSeesawGrainElems = 32768;  // about this many logits per parallel task at least
+constexpr int64_t kMixChunk = 32768;           // elements of one sample per parallel task
+
+at::ScalarType opmath(at::ScalarType t) { return t == at::kDouble ? at::kDouble : at::kFloat; }
+
+template <class T>
+struct Fns;
+template <>
+struct Fns<float> {
+  static auto rows(const KernelTable& t) { return t.seesaw_rows_f32; }
+  static auto row(const KernelTable& t) { return t.seesaw_row_f32; }
+  static auto scale(const KernelTable& t) { return t.scale_rows_f32; }
+  static auto bwd(const KernelTable& t) { return t.mix_bwd_f32; }
+  static auto pair(const KernelTable& t) { return t.mix_pair_f32; }
+};
+template <>
+struct Fns<double> {
+  static auto rows(const KernelTable& t) { return t.seesaw_rows_f64; }
+  static auto row(const KernelTable& t) { return t.seesaw_row_f64; }
+  static auto scale(const KernelTable& t) { return t.scale_rows_f64; }
+  static auto bwd(const KernelTable& t) { return t.mix_bwd_f64; }
+  static auto pair(const KernelTable& t) { return t.mix_pair_f64; }
+};
+
+// T: opmath type, D: storage type of logits / grad. The gradient goes to `grad` (N, CT)
+// contiguous, or over the logits themselves when `grad` is undefined (in-place variant).
+template <class T, class D>
+void run_seesaw(const Tensor& logits, const Tensor& grad, SeesawArgs<T> a) {
+  const KernelTable& tab = table();
+  const int64_t N = logits.size(0), CT = logits.size(1);
+  const int64_t s0 = logits.stride(0), s1 = logits.stride(1);
+  const bool inplace = !grad.defined();
+  const D* x = logits.const_data_ptr<D>();
+  D* g = inplace ? logits.mutable_data_ptr<D>() : grad.mutable_data_ptr<D>();
+  const int64_t g0 = inplace ? s0 : CT, g1 = inplace ? s1 : 1;
+  const int64_t grain = std::max<int64_t>(1, kSeesawGrainElems / std::max<int64_t>(CT, 1));
+  const int64_t scratch_n = seesaw_scratch_elems(a.C);
+  if constexpr (std::is_same_v<T, D>) {
+    if (!inplace && (s1 == 1 || CT <= 1)) {
+      a.logits = x;
+      a.ld = s0;
+      a.grad = g;
+      a.ldg = CT;
+      auto fn = Fns<T>::rows(tab);
+      at::parallel_for(0, N, grain, [&](int64_t r0, int64_t r1) {
+        std::vector<T> scratch(scratch_n);
+        fn(a, r0, r1, scratch.data());
+      });
+      return;
+    }
+  }
+  // One row at a time through opmath buffers: converted (float16 / bfloat16), strided, or
+  // in place (the row is copied out first, the gradient written over it).
+  auto fn = Fns<T>::row(tab);
+  at::parallel_for(0, N, grain, [&](int64_t r0, int64_t r1) {
+    std::vector<T> scratch(scratch_n + 2 * CT);
+    T* zb = scratch.data() + scratch_n;
+    T* gb = zb + CT;
+    for (int64_t i = r0; i < r1; ++i) {
+      const D* xr = x + i * s0;
+      for (int64_t k = 0; k < CT; ++k) zb[k] = static_cast<T>(xr[k * s1]);
+      D* gr = g + i * g0;
+      if constexpr (std::is_same_v<T, D>) {
+        if (g1 == 1) {
+          fn(a, i, zb, gr, scratch.data());
+          continue;
+        }
+      }
+      fn(a, i, zb, gb, scratch.data());
+      for (int64_t k = 0; k < CT; ++k) gr[k * g1] = static_cast<D>(gb[k]);
+    }
+  });
+}
+
+template <class T>
+void seesaw_fwd_typed(const Tensor& logits, const Tensor& grad, const Tensor& lab, const Tensor& w,
+                      const c10::optional<Tensor>& ow, const Tensor& logc, const Tensor& mit_a, const Tensor& loss,
+                      const Tensor& obj_loss,
+                      int64_t C, bool use_p, bool use_q, double p, double q, double eps,
+                      c10::optional<int64_t> ignore_index) {
+  SeesawArgs<T> a;
+  a.labels = lab.const_data_ptr<int64_t>();
+  a.lab_s = lab.stride(0);
+  a.lab_n = lab.stride(1);
+  a.weights = w.const_data_ptr<T>();
+  a.w_s = w.stride(0);
+  a.w_n = w.stride(1);
+  if (ow.has_value()) {
+    a.obj_weights = ow->const_data_ptr<T>();
+    a.ow_s = ow->stride(0);
+    a.ow_n = ow->stride(1);
+    a.obj_loss = obj_loss.mutable_data_ptr<T>();
+  }
+  a.log_counts = use_p ? logc.const_data_ptr<T>() : nullptr;
+  if (use_p) {
+    const T* lc = logc.const_data_ptr<T>();
+    T lmax = lc[0], lmin = lc[0];
+    for (int64_t k = 1; k < C; ++k) {
+      lmax = std::max(lmax, lc[k]);
+      lmin = std::min(lmin, lc[k]);
+    }
+    a.log_count_max = lmax;
+    a.log_count_range = lmax - lmin;
+    T* ma = mit_a.mutable_data_ptr<T>();
+    for (int64_t k = 0; k < C; ++k) ma[k] = std::exp(static_cast<T>(p) * (lc[k] - lmax));
+    a.mit_a = ma;
+  }
+  a.loss = loss.mutable_data_ptr<T>();
+  a.C = C;
+  a.S = static_cast<int>(lab.size(0));
+  a.use_p = use_p;
+  a.use_q = use_q;
+  a.has_ignore = ignore_index.has_value();
+  a.ignore_index = ignore_index.value_or(0);
+  a.p = static_cast<T>(p);
+  a.q = static_cast<T>(q);
+  a.log_eps = static_cast<T>(std::log(eps));
+  switch (logits.scalar_type()) {
+    case at::kFloat: run_seesaw<T, float>(logits, grad, a); break;
+    case at::kDouble: run_seesaw<T, double>(logits, grad, a); break;
+    case at::kHalf: run_seesaw<T, c10::Half>(logits, grad, a); break;
+    case at::kBFloat16: run_seesaw<T, c10::BFloat16>(logits, grad, a); break;
+    default: TORCH_CHECK(false, "seesaw_fwd: unsupported logits dtype ", logits.scalar_type());
+  }
+}
+
+template <class T, class D>
+void run_scale(const Tensor& g, const Tensor& o, const Tensor& gl, const c10::optional<Tensor>& go, int64_t C) {
+  const int64_t N = g.size(0), CT = g.size(1);
+  const int64_t grain = std::max<int64_t>(1, kSeesawGrainElems / std::max<int64_t>(CT, 1));
+  const T* glp = gl.const_data_ptr<T>();
+  const int64_t gls = gl.stride(0);
+  const T* gop = go.has_value() ? go->const_data_ptr<T>() : nullptr;
+  const int64_t gos = go.has_value() ? go->stride(0) : 0;
+  if constexpr (std::is_same_v<T, D>) {
+    ScaleArgs<T> a;
+    a.grad = g.const_data_ptr<T>();
+    a.ldg = CT;
+    a.out = o.mutable_data_ptr<T>();
+    a.ldo = CT;
+    a.grad_loss = glp;
+    a.gl_s = gls;
+    a.grad_obj = gop;
+    a.go_s = gos;
+    a.C = C;
+    a.CT = CT;
+    auto fn = Fns<T>::scale(table());
+    at::parallel_for(0, N, grain, [&](int64_t r0, int64_t r1) { fn(a, r0, r1); });
+  } else {
+    const D* gp = g.const_data_ptr<D>();
+    D* op = o.mutable_data_ptr<D>();
+    at::parallel_for(0, N, grain, [&](int64_t r0, int64_t r1) {
+      for (int64_t i = r0; i < r1; ++i) {
+        const T s = glp[i * gls];
+        const T so = gop != nullptr ? gop[i * gos] : s;
+        const int64_t ncls = gop != nullptr ? C : CT;
+        for (int64_t k = 0; k < ncls; ++k) op[i * CT + k] = static_cast<D>(static_cast<T>(gp[i * CT + k]) * s);
+        for (int64_t k = ncls; k < CT; ++k) op[i * CT + k] = static_cast<D>(static_cast<T>(gp[i * CT + k]) * so);
+      }
+    });
+  }
+}
+
+bool is_channels_last_4d(const Tensor& t) {
+  return t.dim() == 4 && t.is_contiguous(at::MemoryFormat::ChannelsLast);
+}
+
+// Samples as contiguous blocks: contiguous, or 4-D channels_last.
+bool sample_blocks(const Tensor& t) { return t.is_contiguous() || is_channels_last_4d(t); }
+
+Tensor per_channel(const c10::optional<Tensor>& v, at::ScalarType om, int64_t channels, const char* name) {
+  if (!v.has_value()) return Tensor();
+  TORCH_CHECK(v->numel() == channels, name, " must have one value per channel (", channels, "), got ", v->numel());
+  return v->reshape({-1}).to(om).contiguous();
+}
+
+}  // namespace
+
+// ----------------------------------------------------------------------------- seesaw
+namespace {
+std::tuple<Tensor, Tensor, Tensor> seesaw_fwd_impl(const Tensor& logits, const Tensor& labels, const Tensor& weights,
+                                                   const c10::optional<Tensor>& obj_weights,
+                                                   const c10::optional<Tensor>& counts, double p, double q,
+                                                   double eps, c10::optional<int64_t> ignore_index, bool inplace) {
+  TORCH_CHECK(logits.device().is_cpu(), "seesaw_fwd (cpu backend): logits must be on the CPU");
+  TORCH_CHECK(logits.dim() == 2, "seesaw_fwd: logits must be 2-D (N, CT), got ", logits.dim(), "-D");
+  const auto dt = logits.scalar_type();
+  TORCH_CHECK(dt == at::kFloat || dt == at::kDouble || dt == at::kHalf || dt == at::kBFloat16,
+              "seesaw_fwd: logits must be float16/bfloat16/float32/float64, got ", dt);
+  const auto om = opmath(dt);
+  const int64_t N = logits.size(0), CT = logits.size(1);
+  const bool has_obj = obj_weights.has_value();
+  const int64_t C = CT - (has_obj ? 2 : 0);
+  TORCH_CHECK(C >= 0, "seesaw_fwd: logits need at least 2 columns with objectness, got ", CT);
+  TORCH_CHECK(labels.dim() == 2 && labels.size(1) == N && (labels.size(0) == 1 || labels.size(0) == 2),
+              "seesaw_fwd: labels must have shape (S, N) with S in {1, 2} and N = ", N, ", got ", labels.sizes());
+  const int64_t S = labels.size(0);
+  TORCH_CHECK(weights.sizes() == labels.sizes(), "seesaw_fwd: weights must have shape ", labels.sizes(), ", got ",
+              weights.sizes());
+  if (has_obj)
+    TORCH_CHECK(obj_weights->sizes() == labels.sizes(), "seesaw_fwd: obj_weights must have shape ", labels.sizes(),
+                ", got ", obj_weights->sizes());
+  TORCH_CHECK(std::isfinite(eps) && eps > 0, "seesaw_fwd: eps must be > 0, got ", eps);
+  const auto opts = logits.options().dtype(om);
+  Tensor loss = at::empty({N}, opts);
+  Tensor obj_loss = at::empty({has_obj ? N : 0}, opts);
+  Tensor grad = inplace ? Tensor() : at::empty({N, CT}, logits.options());
+  if (N == 0) return {loss, obj_loss, inplace ? logits : grad};
+  Tensor lab = labels.to(at::kLong).contiguous();
+  Tensor w = weights.to(om).contiguous();
+  c10::optional<Tensor> ow;
+  if (has_obj) ow = obj_weights->to(om).contiguous();
+  const bool use_p = p > 0 && counts.has_value() && C > 0;
+  const bool use_q = q > 0;
+  Tensor logc, mit_a;
+  if (use_p) {
+    TORCH_CHECK(counts->dim() == 1 && counts->size(0) >= C, "seesaw_fwd: counts must have at least ", C,
+                " entries, got ", counts->sizes());
+    logc = counts->slice(0, 0, C).to(om).clamp_min(1).log().contiguous();
+    mit_a = at::empty({C}, logc.options());
+  }
+  (void)S;
+  if (om == at::kDouble)
+    seesaw_fwd_typed<double>(logits, grad, lab, w, ow, logc, mit_a, loss, obj_loss, C, use_p, use_q, p, q, eps,
+                             ignore_index);
+  else
+    seesaw_fwd_typed<float>(logits, grad, lab, w, ow, logc, mit_a, loss, obj_loss, C, use_p, use_q, p, q, eps,
+                            ignore_index);
+  return {loss, obj_loss, inplace ? logits : grad};
+}
+}  // namespace
+
+std::tuple<Tensor, Tensor, Tensor> seesaw_fwd(const Tensor& logits, const Tensor& labels, const Tensor& weights,
+                                              const c10::optional<Tensor>& obj_weights,
+                                              const c10::optional<Tensor>& counts, double p, double q, double eps,
+                                              c10::optional<int64_t> ignore_index) {
+  return seesaw_fwd_impl(logits, labels, weights, obj_weights, counts, p, q, eps, ignore_index, false);
+}
+
+std::tuple<Tensor, Tensor> seesaw_fwd_inplace(const Tensor& logits, const Tensor& labels, const Tensor& weights,
+                                              const c10::optional<Tensor>& obj_weights,
+                                              const c10::optional<Tensor>& counts, double p, double q, double eps,
+                                              c10::optional<int64_t> ignore_index) {
+  TORCH_CHECK(logits.dim() != 2 || logits.size(0) <= 1 || logits.stride(0) != 0,
+              "seesaw_fwd_inplace: logits rows must not overlap (stride 0)");
+  auto r = seesaw_fwd_impl(logits, labels, weights, obj_weights, counts, p, q, eps, ignore_index, true);
+  return {std::get<0>(r), std::get<1>(r)};
+}
+
+Tensor seesaw_bwd(const Tensor& grad, const Tensor& grad_loss, const c10::optional<Tensor>& grad_obj) {
+  TORCH_CHECK(grad.device().is_cpu(), "seesaw_bwd (cpu backend): grad must be on the CPU");
+  TORCH_CHECK(grad.dim() == 2, "seesaw_bwd: grad must be 2-D, got ", grad.dim(), "-D");
+  const auto dt = grad.scalar_type();
+  TORCH_CHECK(dt == at::kFloat || dt == at::kDouble || dt == at::kHalf || dt == at::kBFloat16,
+              "seesaw_bwd: unsupported grad dtype ", dt);
+  const auto om = opmath(dt);
+  const int64_t N = grad.size(0), CT = grad.size(1);
+  const int64_t C = CT - (grad_obj.has_value() ? 2 : 0);
+  TORCH_CHECK(C >= 0, "seesaw_bwd: grad needs at least 2 columns with grad_obj");
+  TORCH_CHECK(grad_loss.dim() == 1 && grad_loss.size(0) == N, "seesaw_bwd: grad_loss must have shape (", N,
+              ",), got ", grad_loss.sizes());
+  Tensor gl = grad_loss.to(om);
+  c10::optional<Tensor> go;
+  if (grad_obj.has_value()) {
+    TORCH_CHECK(grad_obj->dim() == 1 && grad_obj->size(0) == N, "seesaw_bwd: grad_obj must have shape (", N,
+                ",), got ", grad_obj->sizes());
+    go = grad_obj->to(om);
+  }
+  Tensor out = at::empty_like(grad);
+  if (grad.numel() == 0) return out;
+  Tensor g = grad.contiguous();
+  Tensor o = out.is_contiguous() ? out : at::empty_like(g, at::MemoryFormat::Contiguous);
+  switch (dt) {
+    case at::kFloat: run_scale<float, float>(g, o, gl, go, C); break;
+    case at::kDouble: run_scale<double, double>(g, o, gl, go, C); break;
+    case at::kHalf: run_scale<float, c10::Half>(g, o, gl, go, C); break;
+    default: run_scale<float, c10::BFloat16>(g, o, gl, go, C); break;
+  }
+  if (!o.is_same(out)) out.copy_(o);
+  return out;
+}
+
+// ----------------------------------------------------------------------------- image mixing
+Tensor mix_images(const Tensor& images, const Tensor& lam, const Tensor& index, const c10::optional<Tensor>& mean,
+                  const c10::optional<Tensor>& stdv, double scale) {
+  TORCH_CHECK(images.device().is_cpu(), "mix_images (cpu backend): images must be on the CPU");
+  const auto dt = images.scalar_type();
+  TORCH_CHECK(dt == at::kByte || dt == at::kFloat || dt == at::kDouble,
+              "mix_images (cpu kernel): images must be uint8, float32 or float64, got ", dt);
+  TORCH_CHECK(images.dim() >= 1, "mix_images: images must have a batch dimension");
+  TORCH_CHECK(sample_blocks(images), "mix_images (cpu kernel): images must be contiguous or channels_last");
+  const auto om = opmath(dt);
+  const auto out_dt = dt == at::kByte ? at::kFloat : dt;
+  const int64_t B = images.size(0);
+  const bool norm = mean.has_value() || stdv.has_value();
+  TORCH_CHECK(!norm || images.dim() == 4, "mix_images: mean / std need (B, C, H, W) images");
+  Tensor out = at::empty_like(images, images.options().dtype(out_dt));
+  TORCH_CHECK(out.strides() == images.strides(), "mix_images (cpu kernel): unexpected output layout");
+  if (images.numel() == 0) return out;
+  TORCH_CHECK(lam.numel() == B && index.numel() == B, "mix_images: lam and index must have B = ", B, " entries");
+  const int64_t P = images.numel() / B;
+  Tensor lam_c = lam.reshape({-1}).to(om).contiguous();
+  Tensor idx = index.reshape({-1}).to(at::kLong).contiguous();
+  int64_t channels = 1, inner = 1;
+  if (norm) {
+    channels = images.size(1);
+    inner = images.is_contiguous() ? images.size(2) * images.size(3) : 1;
+  }
+  Tensor mean_c = per_channel(mean, om, channels, "mean");
+  Tensor std_c = per_channel(stdv, om, channels, "std");
+  const int64_t chunk = norm && inner == 1 ? (kMixChunk + channels - 1) / channels * channels : kMixChunk;
+  const int64_t nch = (P + chunk - 1) / chunk;
+  const KernelTable& tab = table();
+  auto launch = [&](auto tag, auto fn) {
+    using Tm = decltype(tag);
+    MixArgs<Tm> a;
+    a.x = images.const_data_ptr();
+    a.out = out.mutable_data_ptr();
+    a.B = B;
+    a.P = P;
+    a.lam = lam_c.const_data_ptr<Tm>();
+    a.index = idx.const_data_ptr<int64_t>();
+    a.scale = static_cast<Tm>(scale);
+    a.mean = mean_c.defined() ? mean_c.const_data_ptr<Tm>() : nullptr;
+    a.stdv = std_c.defined() ? std_c.const_data_ptr<Tm>() : nullptr;
+    a.channels = channels;
+    a.inner = inner;
+    at::parallel_for(0, B * nch, 1, [&](int64_t i0, int64_t i1) {
+      for (int64_t it = i0; it < i1; ++it) {
+        const int64_t b = it / nch, e0 = (it % nch) * chunk;
+        fn(a, b, e0, std::min(P, e0 + chunk));
+      }
+    });
+  };
+  if (dt == at::kByte) launch(float(), tab.mix_u8_f32);
+  else if (dt == at::kFloat) launch(float(), tab.mix_f32_f32);
+  else launch(double(), tab.mix_f64_f64);
+  return out;
+}
+
+Tensor mix_images_backward(const Tensor& grad, const Tensor& lam, const Tensor& index,
+                           const c10::optional<Tensor>& stdv, double scale) {
+  TORCH_CHECK(grad.device().is_cpu(), "mix_images_backward (cpu backend): grad must be on the CPU");
+  const auto dt = grad.scalar_type();
+  TORCH_CHECK(dt == at::kFloat || dt == at::kDouble,
+              "mix_images_backward (cpu kernel): grad must be float32 or float64, got ", dt);
+  TORCH_CHECK(grad.dim() >= 1, "mix_images_backward: grad must have a batch dimension");
+  TORCH_CHECK(!stdv.has_value() || grad.dim() == 4, "mix_images_backward: std needs (B, C, H, W) gradients");
+  const int64_t B = grad.size(0);
+  Tensor out = at::empty_like(grad);
+  if (grad.numel() == 0) return out;
+  TORCH_CHECK(lam.numel() == B && index.numel() == B, "mix_images_backward: lam and index must have B = ", B,
+              " entries");
+  Tensor g = sample_blocks(grad) ? grad : grad.contiguous();
+  Tensor o = out.strides() == g.strides() ? out : at::empty_like(g);
+  const int64_t P = g.numel() / B;
+  int64_t channels = 1, inner = 1;
+  if (stdv.has_value()) {
+    channels = g.size(1);
+    inner = g.is_contiguous() ? g.size(2) * g.size(3) : 1;
+  }
+  Tensor std_c = per_channel(stdv, dt, channels, "std");
+  Tensor lam_c = lam.reshape({-1}).to(dt).contiguous();
+  Tensor idx = index.reshape({-1}).to(at::kLong).contiguous();
+  // sources of each target, in increasing order (index_add_'s accumulation order)
+  std::vector<int64_t> offsets(B + 1, 0), sources;
+  const int64_t* ip = idx.const_data_ptr<int64_t>();
+  for (int64_t b = 0; b < B; ++b)
+    if (ip[b] >= 0 && ip[b] < B) ++offsets[ip[b] + 1];
+  for (int64_t t = 0; t < B; ++t) offsets[t + 1] += offsets[t];
+  sources.resize(offsets[B]);
+  {
+    std::vector<int64_t> fill(offsets.begin(), offsets.end() - 1);
+    for (int64_t b = 0; b < B; ++b)
+      if (ip[b] >= 0 && ip[b] < B) sources[fill[ip[b]]++] = b;
+  }
+  const int64_t chunk = stdv.has_value() && inner == 1 ? (kMixChunk + channels - 1) / channels * channels : kMixChunk;
+  const int64_t nch = (P + chunk - 1) / chunk;
+  auto launch = [&](auto tag) {
+    using Tm = decltype(tag);
+    MixBwdArgs<Tm> a;
+    a.grad = g.const_data_ptr<Tm>();
+    a.dx = o.mutable_data_ptr<Tm>();
+    a.B = B;
+    a.P = P;
+    a.lam = lam_c.const_data_ptr<Tm>();
+    a.offsets = offsets.data();
+    a.sources = sources.data();
+    a.scale = static_cast<Tm>(scale);
+    a.stdv = std_c.defined() ? std_c.const_data_ptr<Tm>() : nullptr;
+    a.channels = channels;
+    a.inner = inner;
+    auto fn = Fns<Tm>::bwd(table());
+    at::parallel_for(0, B * nch, 1, [&](int64_t i0, int64_t i1) {
+      for (int64_t it = i0; it < i1; ++it) {
+        const int64_t t = it / nch, e0 = (it % nch) * chunk;
+        fn(a, t, e0, std::min(P, e0 + chunk));
+      }
+    });
+  };
+  if (dt == at::kFloat) launch(float());
+  else launch(double());
+  if (!o.is_same(out)) out.copy_(o);
+  return out;
+}
+
+void mix_images_inplace(at::Tensor& images, const Tensor& lam, const Tensor& index) {
+  TORCH_CHECK(images.device().is_cpu(), "mix_images_ (cpu backend): images must be on the CPU");
+  const auto dt = images.scalar_type();
+  TORCH_CHECK(dt == at::kFloat || dt == at::kDouble, "mix_images_ (cpu kernel): images must be float32 or float64, got ",
+              dt);
+  TORCH_CHECK(images.dim() >= 1, "mix_images_: images must have a batch dimension");
+  TORCH_CHECK(sample_blocks(images), "mix_images_ (cpu kernel): images must be contiguous or channels_last");
+  if (images.numel() == 0) return;
+  const int64_t B = images.size(0), P = images.numel() / B;
+  TORCH_CHECK(lam.numel() == B && index.numel() == B, "mix_images_: lam and index must have B = ", B, " entries");
+  Tensor lam_c = lam.reshape({-1}).to(dt).contiguous();
+  Tensor idx = index.reshape({-1}).to(at::kLong).contiguous();
+  const int64_t* ip = idx.const_data_ptr<int64_t>();
+  std::vector<std::pair<int64_t, int64_t>> pairs;
+  for (int64_t b = 0; b < B; ++b) {
+    const int64_t c = ip[b];
+    if (c > b && c < B && ip[c] == b) pairs.emplace_back(b, c);  // fixed points stay as they are
+  }
+  if (pairs.empty()) return;
+  const int64_t npairs = static_cast<int64_t>(pairs.size());
+  const int64_t nch = (P + kMixChunk - 1) / kMixChunk;
+  auto launch = [&](auto tag) {
+    using Tm = decltype(tag);
+    Tm* x = images.mutable_data_ptr<Tm>();
+    const Tm* lp = lam_c.const_data_ptr<Tm>();
+    auto fn = Fns<Tm>::pair(table());
+    at::parallel_for(0, npairs * nch, 1, [&](int64_t i0, int64_t i1) {
+      for (int64_t it = i0; it < i1; ++it) {
+        const auto& pr = pairs[it / nch];
+        const int64_t e0 = (it % nch) * kMixChunk;
+        fn(x + pr.first * P, x + pr.second * P, lp[pr.first], lp[pr.second], e0, std::min(P, e0 + kMixChunk));
+      }
+    });
+  };
+  if (dt == at::kFloat) launch(float());
+  else launch(double());
+}
+
+std::string isa() { return table().isa; }
+bool set_isa_name(const std::string& name) { return set_isa(name.c_str()); }
+std::string isas() { return available_isas(); }
+
+}  // namespace lmx_cpu

@@ -1,0 +1,200 @@
+// CUDA kernels of mix_images / mix_images_backward / mix_images_ (plain CUDA, launched through
+// launch.h). Grids are (element blocks, samples); every element is read and written once per
+// sample, coalesced; the per-pixel CutMix test and the channel of an element come from its
+// index in the sample (NCHW or channels_last). The backward reads the inverse of the index
+// (sources of each sample, built on the device by the glue) so that repeated indices add up
+// deterministically, in increasing order of the source sample, without atomics.
+#include "common.cuh"
+
+namespace {
+
+using namespace lmx_cuda_dev;
+
+constexpr int kThreads = 256;
+constexpr int kPerThread = 4;
+constexpr unsigned kMaxGridY = 65535;
+
+struct Layout {
+  int64_t C, H, W;
+  bool cl;
+  __device__ __forceinline__ int64_t channel(int64_t e) const { return cl ? e % C : e / (H * W); }
+  __device__ __forceinline__ bool in_box(int64_t e, const int64_t* box) const {
+    const int64_t x = cl ? (e / C) % W : e % W;
+    const int64_t y = cl ? e / (C * W) : (e / W) % H;
+    return y >= box[0] && y < box[2] && x >= box[1] && x < box[3];
+  }
+};
+
+template <typename Tin, typename Tout>
+__global__ void __launch_bounds__(kThreads) mix_kernel(const lmx_mix_args a) {
+  using A = typename Opmath<Tout>::type;
+  const Layout lay{a.C, a.H, a.W, a.channels_last != 0};
+  const A scale = static_cast<A>(a.scale);
+  const A* lam = static_cast<const A*>(a.lam);
+  const A* mean = static_cast<const A*>(a.mean);
+  const A* stdv = static_cast<const A*>(a.stdv);
+  for (int64_t b = blockIdx.y; b < a.B; b += gridDim.y) {
+    int64_t c = a.index[b];
+    if (c < 0 || c >= a.B) c = b;  // out-of-range partner (value checks off): no out-of-bounds read
+    const Tin* xa = static_cast<const Tin*>(a.x) + b * a.P;
+    const Tin* xb = static_cast<const Tin*>(a.x) + c * a.P;
+    Tout* o = static_cast<Tout*>(a.out) + b * a.P;
+    const A l = lam[b], oml = A(1) - l;
+    const int64_t* box = a.boxes != nullptr ? a.boxes + 4 * b : nullptr;
+    const int64_t base = static_cast<int64_t>(blockIdx.x) * kThreads * kPerThread + threadIdx.x;
+#pragma unroll
+    for (int j = 0; j < kPerThread; ++j) {
+      const int64_t e = base + j * kThreads;
+      if (e >= a.P) break;
+      A m = A(0), s = A(1);
+      if (mean != nullptr || stdv != nullptr) {
+        const int64_t ch = lay.channel(e);
+        if (mean != nullptr) m = mean[ch];
+        if (stdv != nullptr) s = stdv[ch];
+      }
+      const A va = lmx::normalise(static_cast<A>(to_op(xa[e])), scale, m, s, mean != nullptr, stdv != nullptr);
+      const A vb = lmx::normalise(static_cast<A>(to_op(xb[e])), scale, m, s, mean != nullptr, stdv != nullptr);
+      const A r = (box != nullptr && lay.in_box(e, box)) ? vb : lmx::mix_value(va, vb, l, oml);
+      o[e] = from_op<Tout>(r);
+    }
+  }
+}
+
+template <typename Tg, typename Tdx>
+__global__ void __launch_bounds__(kThreads) mix_bwd_kernel(const lmx_mix_bwd_args a) {
+  using A = typename Opmath<Tdx>::type;
+  const Layout lay{a.C, a.H, a.W, a.channels_last != 0};
+  const A scale = static_cast<A>(a.scale);
+  const A* lam = static_cast<const A*>(a.lam);
+  const A* stdv = static_cast<const A*>(a.stdv);
+  const Tg* g = static_cast<const Tg*>(a.grad);
+  for (int64_t t = blockIdx.y; t < a.B; t += gridDim.y) {
+    Tdx* dx = static_cast<Tdx*>(a.dx) + t * a.P;
+    const int64_t j0 = a.offsets[t], j1 = a.offsets[t + 1];
+    const int64_t base = static_cast<int64_t>(blockIdx.x) * kThreads * kPerThread + threadIdx.x;
+#pragma unroll
+    for (int j = 0; j < kPerThread; ++j) {
+      const int64_t e = base + j * kThreads;
+      if (e >= a.P) break;
+      const A s = stdv != nullptr ? stdv[lay.channel(e)] : A(1);
+      auto gp = [&](int64_t b) {  // (g * scale) / std, as the reference computes it
+        return lmx::normalise(static_cast<A>(to_op(g[b * a.P + e])), scale, A(0), s, false, stdv != nullptr);
+      };
+      auto weight = [&](int64_t b) {  // a_b: lam outside box b, 0 inside
+        return (a.boxes != nullptr && lay.in_box(e, a.boxes + 4 * b)) ? A(0) : lam[b];
+      };
+      A acc = weight(t) * gp(t);
+      for (int64_t k = j0; k < j1; ++k) {
+        const int64_t b = a.sources[k];
+        acc += (A(1) - weight(b)) * gp(b);
+      }
+      dx[e] = from_op<Tdx>(acc);
+    }
+  }
+}
+
+template <typename T>
+__global__ void __launch_bounds__(kThreads) mix_pairs_kernel(const lmx_mix_pairs_args a) {
+  using A = typename Opmath<T>::type;
+  const A* lam = static_cast<const A*>(a.lam);
+  for (int64_t b = blockIdx.y; b < a.B; b += gridDim.y) {
+    const int64_t c = a.index[b];
+    if (!(c > b && c < a.B && a.index[c] == b)) continue;  // each pair once; fixed points stay
+    T* xb = static_cast<T*>(a.x) + b * a.P;
+    T* xc = static_cast<T*>(a.x) + c * a.P;
+    const A lb = lam[b], lc = lam[c], omb = A(1) - lb, omc = A(1) - lc;
+    const int64_t base = static_cast<int64_t>(blockIdx.x) * kThreads * kPerThread + threadIdx.x;
+#pragma unroll
+    for (int j = 0; j < kPerThread; ++j) {
+      const int64_t e = base + j * kThreads;
+      if (e >= a.P) break;
+      const A u = to_op(xb[e]), v = to_op(xc[e]);
+      xb[e] = from_op<T>(lmx::mix_value(u, v, lb, omb));
+      xc[e] = from_op<T>(lmx::mix_value(v, u, lc, omc));
+    }
+  }
+}
+
+dim3 mix_grid(int64_t B, int64_t P) {
+  const int64_t bx = ceil_div(P, static_cast<int64_t>(kThreads) * kPerThread);
+  return dim3(static_cast<unsigned>(bx), static_cast<unsigned>(B < kMaxGridY ? B : kMaxGridY));
+}
+
+template <typename Tin, typename Tout>
+cudaError_t launch_mix(const lmx_mix_args& a, cudaStream_t st) {
+  mix_kernel<Tin, Tout><<<mix_grid(a.B, a.P), kThreads, 0, st>>>(a);
+  return cudaGetLastError();
+}
+
+template <typename Tin>
+cudaError_t launch_mix_in(const lmx_mix_args& a, cudaStream_t st) {
+  switch (a.out_dtype) {
+    case LMX_F32: return launch_mix<Tin, float>(a, st);
+    case LMX_F16: return launch_mix<Tin, __half>(a, st);
+    case LMX_BF16: return launch_mix<Tin, __nv_bfloat16>(a, st);
+    default: return cudaErrorInvalidValue;
+  }
+}
+
+template <typename Tg, typename Tdx>
+cudaError_t launch_bwd(const lmx_mix_bwd_args& a, cudaStream_t st) {
+  mix_bwd_kernel<Tg, Tdx><<<mix_grid(a.B, a.P), kThreads, 0, st>>>(a);
+  return cudaGetLastError();
+}
+
+template <typename Tg>
+cudaError_t launch_bwd_g(const lmx_mix_bwd_args& a, cudaStream_t st) {
+  switch (a.dx_dtype) {
+    case LMX_F32: return launch_bwd<Tg, float>(a, st);
+    case LMX_F16: return launch_bwd<Tg, __half>(a, st);
+    case LMX_BF16: return launch_bwd<Tg, __nv_bfloat16>(a, st);
+    default: return cudaErrorInvalidValue;
+  }
+}
+
+}  // namespace
+
+extern "C" int lmx_cuda_mix(const lmx_mix_args* a, void* stream) {
+  if (a->B == 0 || a->P == 0) return 0;
+  const cudaStream_t st = static_cast<cudaStream_t>(stream);
+  if (a->in_dtype == LMX_F64 || a->out_dtype == LMX_F64) {
+    if (a->in_dtype != LMX_F64 || a->out_dtype != LMX_F64) return static_cast<int>(cudaErrorInvalidValue);
+    return static_cast<int>(launch_mix<double, double>(*a, st));
+  }
+  switch (a->in_dtype) {
+    case LMX_U8: return static_cast<int>(launch_mix_in<uint8_t>(*a, st));
+    case LMX_F32: return static_cast<int>(launch_mix_in<float>(*a, st));
+    case LMX_F16: return static_cast<int>(launch_mix_in<__half>(*a, st));
+    case LMX_BF16: return static_cast<int>(launch_mix_in<__nv_bfloat16>(*a, st));
+    default: return static_cast<int>(cudaErrorInvalidValue);
+  }
+}
+
+extern "C" int lmx_cuda_mix_backward(const lmx_mix_bwd_args* a, void* stream) {
+  if (a->B == 0 || a->P == 0) return 0;
+  const cudaStream_t st = static_cast<cudaStream_t>(stream);
+  if (a->grad_dtype == LMX_F64 || a->dx_dtype == LMX_F64) {
+    if (a->grad_dtype != LMX_F64 || a->dx_dtype != LMX_F64) return static_cast<int>(cudaErrorInvalidValue);
+    return static_cast<int>(launch_bwd<double, double>(*a, st));
+  }
+  switch (a->grad_dtype) {
+    case LMX_F32: return static_cast<int>(launch_bwd_g<float>(*a, st));
+    case LMX_F16: return static_cast<int>(launch_bwd_g<__half>(*a, st));
+    case LMX_BF16: return static_cast<int>(launch_bwd_g<__nv_bfloat16>(*a, st));
+    default: return static_cast<int>(cudaErrorInvalidValue);
+  }
+}
+
+extern "C" int lmx_cuda_mix_pairs(const lmx_mix_pairs_args* a, void* stream) {
+  if (a->B == 0 || a->P == 0) return 0;
+  const cudaStream_t st = static_cast<cudaStream_t>(stream);
+  const dim3 grid = mix_grid(a->B, a->P);
+  switch (a->dtype) {
+    case LMX_F32: mix_pairs_kernel<float><<<grid, kThreads, 0, st>>>(*a); break;
+    case LMX_F16: mix_pairs_kernel<__half><<<grid, kThreads, 0, st>>>(*a); break;
+    case LMX_BF16: mix_pairs_kernel<__nv_bfloat16><<<grid, kThreads, 0, st>>>(*a); break;
+    case LMX_F64: mix_pairs_kernel<double><<<grid, kThreads, 0, st>>>(*a); break;
+    default: return static_cast<int>(cudaErrorInvalidValue);
+  }
+  return static_cast<int>(cudaGetLastError());
+}

@@ -1,0 +1,53 @@
+// The Python module lossmix_ext._C: plain functions called by lossmix_ext/backends/cpu.py and
+// lossmix_ext/backends/cuda.py (which register them as the `cpu` / `cuda` backends of the
+// lossmix_ext ops). The CUDA functions exist only when built with LOSSMIX_WITH_CUDA.
+#include <torch/extension.h>
+
+#include "cpu/ops_cpu.h"
+#ifdef LOSSMIX_WITH_CUDA
+#include "cuda/ops_cuda.h"
+#endif
+
+PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  m.doc() = "lossmix_ext native kernels (CPU, and CUDA when built with it)";
+  m.def("seesaw_fwd_cpu", &lmx_cpu::seesaw_fwd, "seesaw_fwd on CPU tensors", py::arg("logits"), py::arg("labels"),
+        py::arg("weights"), py::arg("obj_weights"), py::arg("counts"), py::arg("p"), py::arg("q"), py::arg("eps"),
+        py::arg("ignore_index"));
+  m.def("seesaw_fwd_inplace_cpu", &lmx_cpu::seesaw_fwd_inplace,
+        "seesaw_fwd on CPU tensors, gradient written over the logits; returns (loss, obj_loss)", py::arg("logits"),
+        py::arg("labels"), py::arg("weights"), py::arg("obj_weights"), py::arg("counts"), py::arg("p"), py::arg("q"),
+        py::arg("eps"), py::arg("ignore_index"));
+  m.def("seesaw_bwd_cpu", &lmx_cpu::seesaw_bwd, "seesaw_bwd on CPU tensors", py::arg("grad"), py::arg("grad_loss"),
+        py::arg("grad_obj"));
+  m.def("mix_images_cpu", &lmx_cpu::mix_images, "mix_images (no boxes) on CPU tensors", py::arg("images"),
+        py::arg("lam"), py::arg("index"), py::arg("mean"), py::arg("std"), py::arg("scale"));
+  m.def("mix_images_backward_cpu", &lmx_cpu::mix_images_backward, "mix_images_backward (no boxes) on CPU tensors",
+        py::arg("grad"), py::arg("lam"), py::arg("index"), py::arg("std"), py::arg("scale"));
+  m.def("mix_images_inplace_cpu", &lmx_cpu::mix_images_inplace, "mix_images_ on CPU tensors", py::arg("images"),
+        py::arg("lam"), py::arg("index"));
+  m.def("cpu_isa", &lmx_cpu::isa, "instruction set of the CPU kernels in use ('avx2' or 'baseline')");
+  m.def("set_cpu_isa", &lmx_cpu::set_isa_name,
+        "use the 'avx2' or 'baseline' CPU kernels ('auto': the best supported); False if unavailable");
+  m.def("cpu_isas", &lmx_cpu::isas, "comma-separated instruction sets compiled in and supported by this CPU");
+#ifdef LOSSMIX_WITH_CUDA
+  m.attr("with_cuda") = true;
+  m.def("seesaw_fwd_cuda", &lmx_cuda::seesaw_fwd, "seesaw_fwd on CUDA tensors", py::arg("logits"), py::arg("labels"),
+        py::arg("weights"), py::arg("obj_weights"), py::arg("counts"), py::arg("p"), py::arg("q"), py::arg("eps"),
+        py::arg("ignore_index"));
+  m.def("seesaw_fwd_inplace_cuda", &lmx_cuda::seesaw_fwd_inplace,
+        "seesaw_fwd on CUDA tensors, gradient written over the logits; returns (loss, obj_loss)", py::arg("logits"),
+        py::arg("labels"), py::arg("weights"), py::arg("obj_weights"), py::arg("counts"), py::arg("p"), py::arg("q"),
+        py::arg("eps"), py::arg("ignore_index"));
+  m.def("seesaw_bwd_cuda", &lmx_cuda::seesaw_bwd, "seesaw_bwd on CUDA tensors", py::arg("grad"), py::arg("grad_loss"),
+        py::arg("grad_obj"));
+  m.def("mix_images_cuda", &lmx_cuda::mix_images, "mix_images on CUDA tensors", py::arg("images"), py::arg("lam"),
+        py::arg("index"), py::arg("boxes"), py::arg("mean"), py::arg("std"), py::arg("scale"), py::arg("out_dtype"));
+  m.def("mix_images_backward_cuda", &lmx_cuda::mix_images_backward, "mix_images_backward on CUDA tensors",
+        py::arg("grad"), py::arg("lam"), py::arg("index"), py::arg("boxes"), py::arg("std"), py::arg("scale"),
+        py::arg("images_dtype"));
+  m.def("mix_images_inplace_cuda", &lmx_cuda::mix_images_inplace, "mix_images_ on CUDA tensors", py::arg("images"),
+        py::arg("lam"), py::arg("index"));
+#else
+  m.attr("with_cuda") = false;
+#endif
+}
