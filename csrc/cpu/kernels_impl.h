@@ -361,7 +361,10 @@ struct Seesaw {
       w[s] = a.weights[s * a.w_s + i * a.w_n];
     }
     T loss = T(0);
-    if (!a.use_p && !a.use_q) {
+    if (!act[0] && !act[1]) {
+      // no class loss in this row (background, or ignored): zero class gradient, no softmax
+      for (int64_t k = 0; k < C; ++k) g[k] = T(0);
+    } else if (!a.use_p && !a.use_q) {
       // plain (mixed) cross-entropy: one softmax for every label set
       T M, Ssum;
       softmax_plain(z, g, C, cm0, M, Ssum);
