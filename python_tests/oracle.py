@@ -1,13 +1,17 @@
-"""An independent NumPy oracle, written from the paper's formulas with explicit loops.
+"""Independent oracles, written from the formulas; they share no code with lossmix_ext.
 
-It shares no code with lossmix_ext: the reference and every backend are checked against it
-on small inputs, in float64.
+* NumPy, explicit loops (:func:`seesaw_row`, :func:`seesaw_module`): the paper's formulas,
+  for the reference and the public API on small inputs.
+* :func:`seesaw_fwd_contract`: the ``seesaw_fwd`` op contract row by row in float64 torch
+  (an (N, C) factor matrix, no C×C), for the kernels of every backend.
 """
 from __future__ import annotations
 
 import math
 
 import numpy as np
+import torch
+import torch.nn.functional as F
 
 
 def _softmax(v):
@@ -72,3 +76,41 @@ def seesaw_module(cls_score, labels, cum_before, num_classes, p, q, eps, label_w
     obj_rows = np.array([ce_row(x[i, C:], int(labels[i] == C))[0] for i in range(len(labels))])
     obj = loss_weight * reduce(obj_rows, w)
     return obj, cls, counts
+
+
+def seesaw_fwd_contract(logits, labels, weights, obj_weights, counts, p, q, eps, ignore_index):
+    """The op's contract transcribed row by row in float64 (an (N, C) factor matrix, no C×C)."""
+    x = logits.double()
+    n, ct = x.shape
+    has_obj = obj_weights is not None
+    c = ct - 2 if has_obj else ct
+    z = x[:, :c]
+    sig = torch.softmax(z, 1)
+    nk = (counts.double() if counts is not None else torch.ones(c, dtype=torch.float64, device=x.device)).clamp(min=1)
+    loss = torch.zeros(n, dtype=torch.float64, device=x.device)
+    obj = torch.zeros(n if has_obj else 0, dtype=torch.float64, device=x.device)
+    grad = torch.zeros_like(x)
+    for s in range(labels.shape[0]):
+        lab = labels[s].long()
+        act = (lab >= 0) & (lab < c)
+        if ignore_index is not None:
+            act &= lab != ignore_index
+        j = torch.where(act, lab, 0)
+        factor = torch.ones_like(z)
+        if p > 0:
+            r = nk[None, :] / nk[j][:, None]
+            factor = factor * torch.where(r < 1, r ** p, torch.ones_like(r))
+        if q > 0:
+            r = sig / sig.gather(1, j[:, None]).clamp(min=eps)
+            factor = factor * torch.where(r > 1, r ** q, torch.ones_like(r))
+        factor.scatter_(1, j[:, None], 1.0)
+        zz = z + factor.log()
+        w = torch.where(act, weights[s].double(), torch.zeros_like(loss))
+        loss += w * (torch.logsumexp(zz, 1) - z.gather(1, j[:, None])[:, 0])
+        grad[:, :c] += w[:, None] * (torch.softmax(zz, 1) - F.one_hot(j, c))
+        if has_obj:
+            o, t = x[:, c:], (lab == c).long()
+            ow = obj_weights[s].double()
+            obj += ow * (torch.logsumexp(o, 1) - o.gather(1, t[:, None])[:, 0])
+            grad[:, c:] += ow[:, None] * (torch.softmax(o, 1) - F.one_hot(t, 2))
+    return loss, obj, grad

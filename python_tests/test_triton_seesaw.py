@@ -23,6 +23,7 @@ import lossmix_ext as L
 from lossmix_ext import _ops
 from lossmix_ext import _reference as R
 from lossmix_ext.backends import torch as torch_backend
+from oracle import seesaw_fwd_contract
 from triton_aot import compile_module_configs
 
 pytest.importorskip("triton")
@@ -38,49 +39,11 @@ TOL = {torch.float32: dict(loss=(1e-5, 1e-6), grad=(1e-5, 1e-6)),
 
 
 # --------------------------------------------------------------------------- oracles and inputs
-def rowwise_oracle(logits, labels, weights, obj_weights, counts, p, q, eps, ignore_index):
-    """The op's contract transcribed row by row in float64 (an (N, C) factor matrix, no C×C)."""
-    x = logits.double()
-    n, ct = x.shape
-    has_obj = obj_weights is not None
-    c = ct - 2 if has_obj else ct
-    z = x[:, :c]
-    sig = torch.softmax(z, 1)
-    nk = (counts.double() if counts is not None else torch.ones(c, dtype=torch.float64, device=x.device)).clamp(min=1)
-    loss = torch.zeros(n, dtype=torch.float64, device=x.device)
-    obj = torch.zeros(n if has_obj else 0, dtype=torch.float64, device=x.device)
-    grad = torch.zeros_like(x)
-    for s in range(labels.shape[0]):
-        lab = labels[s].long()
-        act = (lab >= 0) & (lab < c)
-        if ignore_index is not None:
-            act &= lab != ignore_index
-        j = torch.where(act, lab, 0)
-        factor = torch.ones_like(z)
-        if p > 0:
-            r = nk[None, :] / nk[j][:, None]
-            factor = factor * torch.where(r < 1, r ** p, torch.ones_like(r))
-        if q > 0:
-            r = sig / sig.gather(1, j[:, None]).clamp(min=eps)
-            factor = factor * torch.where(r > 1, r ** q, torch.ones_like(r))
-        factor.scatter_(1, j[:, None], 1.0)
-        zz = z + factor.log()
-        w = torch.where(act, weights[s].double(), torch.zeros_like(loss))
-        loss += w * (torch.logsumexp(zz, 1) - z.gather(1, j[:, None])[:, 0])
-        grad[:, :c] += w[:, None] * (torch.softmax(zz, 1) - F.one_hot(j, c))
-        if has_obj:
-            o, t = x[:, c:], (lab == c).long()
-            ow = obj_weights[s].double()
-            obj += ow * (torch.logsumexp(o, 1) - o.gather(1, t[:, None])[:, 0])
-            grad[:, c:] += ow[:, None] * (torch.softmax(o, 1) - F.one_hot(t, 2))
-    return loss, obj, grad
-
-
 def oracle(logits, labels, weights, obj_weights, counts, p, q, eps, ignore_index):
     """float64 result on the same inputs: the torch backend, or the row-wise transcription for wide rows."""
     d = (lambda t: None if t is None else t.double())
     if logits.shape[1] > 2048:
-        return rowwise_oracle(logits, labels, weights, obj_weights, counts, p, q, eps, ignore_index)
+        return seesaw_fwd_contract(logits, labels, weights, obj_weights, counts, p, q, eps, ignore_index)
     return torch_backend.seesaw_fwd(logits.double(), labels, d(weights), d(obj_weights), d(counts), p, q, eps,
                                     ignore_index)
 
@@ -195,7 +158,7 @@ def test_rowwise_oracle_matches_torch_backend():
     for obj, sets, (p, q) in ((False, 2, (0.8, 2.0)), (True, 1, (0.8, 2.0)), (False, 1, (0.0, 2.0))):
         labels, w, ow, counts, ign = make_case(9, 37, sets, obj, -100)
         x = torch.randn(9, 39 if obj else 37, dtype=torch.float64) * 3
-        a = rowwise_oracle(x, labels, w, ow, counts, p, q, 1e-2, ign)
+        a = seesaw_fwd_contract(x, labels, w, ow, counts, p, q, 1e-2, ign)
         b = torch_backend.seesaw_fwd(x, labels, w.double(), None if ow is None else ow.double(), counts.double(),
                                      p, q, 1e-2, ign)
         for u, v in zip(a, b):
@@ -412,7 +375,7 @@ def test_out_of_range_labels_are_skipped_without_validation():
                                         "triton")
     bad = torch.tensor([False, True, True, False, True, False], device=DEV)
     assert (loss[bad] == 0).all() and (grad[bad] == 0).all()
-    good = rowwise_oracle(x[~bad], labels[:, ~bad], w[:, ~bad], None, torch.ones(c, device=DEV), 0.8, 2.0,
+    good = seesaw_fwd_contract(x[~bad], labels[:, ~bad], w[:, ~bad], None, torch.ones(c, device=DEV), 0.8, 2.0,
                           1e-2, None)
     torch.testing.assert_close(loss[~bad].double(), good[0], rtol=1e-5, atol=1e-6)
 
@@ -494,7 +457,7 @@ def test_gpu_fwd_parity(n, c, sets, obj, mode, dtype):
     x = make_logits(n, c + 2 if obj else c, dtype, "rows", device="cuda")
     p, q = MODES[mode]
     got = _ops.seesaw_fwd(x, labels, w, ow, counts, p, q, 1e-2, ign, "triton")
-    assert_outputs(got, rowwise_oracle(x, labels, w, ow, counts, p, q, 1e-2, ign), dtype)
+    assert_outputs(got, seesaw_fwd_contract(x, labels, w, ow, counts, p, q, 1e-2, ign), dtype)
 
 
 @pytest.mark.gpu
@@ -527,4 +490,4 @@ def test_gpu_public_api_and_backward(dtype):
     labels2[1, ::7] = -100
     w2 = torch.rand(2, 64, device="cuda")
     got = _ops.seesaw_fwd(xe, labels2, w2, None, None, 0.0, 0.0, 1.0, -100, "triton")
-    assert_outputs(got, rowwise_oracle(xe, labels2, w2, None, None, 0.0, 0.0, 1.0, -100), dtype, loss_atol=1e-2)
+    assert_outputs(got, seesaw_fwd_contract(xe, labels2, w2, None, None, 0.0, 0.0, 1.0, -100), dtype, loss_atol=1e-2)
