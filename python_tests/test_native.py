@@ -23,8 +23,8 @@ import pytest
 import torch
 
 import lossmix_ext as L
-from lossmix_ext import _ops, _reference as R
-from lossmix_ext.backends import cpu as cpu_backend, cuda as cuda_backend, torch as torch_backend
+from lossmix_ext import _backend, _ops, _reference as R
+from lossmix_ext.backends import torch as torch_backend
 from oracle import seesaw_fwd_contract
 
 try:
@@ -274,7 +274,7 @@ def test_fwd_inplace(dtype, layout):
     x = make_logits(x.to(dtype), layout)
     want = run(x, labels, w, ow, counts, 0.8, 2.0, None)
     buf = x.clone() if layout == "contig" else make_logits(x.contiguous(), layout)
-    loss, obj, grad = cpu_backend.seesaw_fwd_inplace(buf, labels, w, ow, counts, 0.8, 2.0, 1e-2, None)
+    loss, obj, grad = _backend.kernel("seesaw_fwd_inplace", "cpu")(buf, labels, w, ow, counts, 0.8, 2.0, 1e-2, None)
     assert grad is buf
     assert torch.equal(loss, want[0]) and torch.equal(obj, want[1]) and torch.equal(buf, want[2])
 
@@ -660,7 +660,7 @@ def test_gpu_seesaw_inplace_bwd_and_no_sync():
     x, labels, w, ow, counts = (t.cuda() for t in (x, labels, w, ow, counts))
     want = _ops.seesaw_fwd(x, labels, w, ow, counts, 0.8, 2.0, 1e-2, None, "cuda")
     buf = x.clone()
-    loss, obj, grad = cuda_backend.seesaw_fwd_inplace(buf, labels, w, ow, counts, 0.8, 2.0, 1e-2, None)
+    loss, obj, grad = _backend.kernel("seesaw_fwd_inplace", "cuda")(buf, labels, w, ow, counts, 0.8, 2.0, 1e-2, None)
     assert grad is buf and torch.equal(buf, want[2]) and torch.equal(loss, want[0])
     gl, go = torch.randn(300, device="cuda"), torch.randn(300, device="cuda")
     torch.testing.assert_close(_ops.seesaw_bwd(want[2], gl, go, "cuda"), torch_backend.seesaw_bwd(want[2], gl, go))

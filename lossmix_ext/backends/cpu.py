@@ -21,16 +21,9 @@ import torch
 
 from .._backend import register_kernel
 from . import torch as _torch_backend
+from ._native import IMPORT_ERROR as _IMPORT_ERROR, _C, sample_blocks as _sample_blocks, seesaw_kernels
 
 DEVICE_TYPES = ("cpu",)
-
-try:
-    from .. import _C  # noqa: F401
-    _IMPORT_ERROR: Optional[str] = None
-except ImportError as exc:  # not built (LOSSMIX_EXT_NO_NATIVE=1, no compiler, ...)
-    _C = None
-    _IMPORT_ERROR = (f"lossmix_ext._C was not built: {exc} (reinstall with a C++ compiler: "
-                     "pip install --no-build-isolation -e .)")
 
 
 def unavailable_reason(device_type: str) -> Optional[str]:
@@ -43,31 +36,6 @@ def isa() -> Optional[str]:
 
 
 _MIX_NATIVE = {(torch.uint8, torch.float32), (torch.float32, torch.float32), (torch.float64, torch.float64)}
-
-
-def _sample_blocks(x: torch.Tensor) -> bool:
-    """Each sample is one contiguous block in the same layout as ``empty_like(x)``."""
-    return x.is_contiguous() or (x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last))
-
-
-def seesaw_fwd(logits, labels, weights, obj_weights, counts, p, q, eps, ignore_index):
-    if labels.shape[0] not in (1, 2):
-        return _torch_backend.seesaw_fwd(logits, labels, weights, obj_weights, counts, p, q, eps, ignore_index)
-    return _C.seesaw_fwd_cpu(logits, labels, weights, obj_weights, counts, float(p), float(q), float(eps),
-                             ignore_index)
-
-
-def seesaw_fwd_inplace(logits, labels, weights, obj_weights, counts, p, q, eps, ignore_index):
-    if labels.shape[0] not in (1, 2):
-        return _torch_backend.seesaw_fwd_inplace(logits, labels, weights, obj_weights, counts, p, q, eps,
-                                                 ignore_index)
-    loss, obj_loss = _C.seesaw_fwd_inplace_cpu(logits, labels, weights, obj_weights, counts, float(p), float(q),
-                                               float(eps), ignore_index)
-    return loss, obj_loss, logits
-
-
-def seesaw_bwd(grad, grad_loss, grad_obj):
-    return _C.seesaw_bwd_cpu(grad, grad_loss, grad_obj)
 
 
 def mix_images(images, lam, index, boxes, mean, std, scale, out_dtype):
@@ -93,7 +61,7 @@ def mix_images_inplace(images, lam, index):
 
 
 if _C is not None:
-    for _op, _fn in (("seesaw_fwd", seesaw_fwd), ("seesaw_fwd_inplace", seesaw_fwd_inplace),
-                     ("seesaw_bwd", seesaw_bwd), ("mix_images", mix_images),
-                     ("mix_images_backward", mix_images_backward), ("mix_images_", mix_images_inplace)):
+    _kernels = {**seesaw_kernels("cpu"), "mix_images": mix_images, "mix_images_backward": mix_images_backward,
+                "mix_images_": mix_images_inplace}
+    for _op, _fn in _kernels.items():
         register_kernel(_op, "cpu")(_fn)

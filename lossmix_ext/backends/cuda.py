@@ -18,16 +18,9 @@ import torch
 
 from .._backend import register_kernel
 from . import torch as _torch_backend
+from ._native import IMPORT_ERROR as _IMPORT_ERROR, _C, sample_blocks as _sample_blocks, seesaw_kernels
 
 DEVICE_TYPES = ("cuda",)
-
-try:
-    from .. import _C  # noqa: F401
-    _IMPORT_ERROR: Optional[str] = None
-except ImportError as exc:
-    _C = None
-    _IMPORT_ERROR = (f"lossmix_ext._C was not built: {exc} (reinstall with a C++ compiler: "
-                     "pip install --no-build-isolation -e .)")
 
 _NO_CUDA = ("lossmix_ext._C was built without its CUDA kernels (torch without CUDA, no CUDA toolkit, or no "
             "GPU visible at build time: rebuild with FORCE_CUDA=1 on a CUDA build of torch)")
@@ -46,34 +39,11 @@ def unavailable_reason(device_type: str) -> Optional[str]:
 _LOW = (torch.float16, torch.bfloat16, torch.float32)
 
 
-def _sample_blocks(x: torch.Tensor) -> bool:
-    return x.is_contiguous() or (x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last))
-
 
 def _mix_dtypes_ok(src: torch.dtype, dst: torch.dtype) -> bool:
     if src == torch.float64 or dst == torch.float64:
         return src == dst == torch.float64
     return (src == torch.uint8 or src in _LOW) and dst in _LOW
-
-
-def seesaw_fwd(logits, labels, weights, obj_weights, counts, p, q, eps, ignore_index):
-    if labels.shape[0] not in (1, 2):
-        return _torch_backend.seesaw_fwd(logits, labels, weights, obj_weights, counts, p, q, eps, ignore_index)
-    return _C.seesaw_fwd_cuda(logits, labels, weights, obj_weights, counts, float(p), float(q), float(eps),
-                              ignore_index)
-
-
-def seesaw_fwd_inplace(logits, labels, weights, obj_weights, counts, p, q, eps, ignore_index):
-    if labels.shape[0] not in (1, 2):
-        return _torch_backend.seesaw_fwd_inplace(logits, labels, weights, obj_weights, counts, p, q, eps,
-                                                 ignore_index)
-    loss, obj_loss = _C.seesaw_fwd_inplace_cuda(logits, labels, weights, obj_weights, counts, float(p), float(q),
-                                                float(eps), ignore_index)
-    return loss, obj_loss, logits
-
-
-def seesaw_bwd(grad, grad_loss, grad_obj):
-    return _C.seesaw_bwd_cuda(grad, grad_loss, grad_obj)
 
 
 def mix_images(images, lam, index, boxes, mean, std, scale, out_dtype):
@@ -95,7 +65,7 @@ def mix_images_inplace(images, lam, index):
 
 
 if _C is not None and getattr(_C, "with_cuda", False):
-    for _op, _fn in (("seesaw_fwd", seesaw_fwd), ("seesaw_fwd_inplace", seesaw_fwd_inplace),
-                     ("seesaw_bwd", seesaw_bwd), ("mix_images", mix_images),
-                     ("mix_images_backward", mix_images_backward), ("mix_images_", mix_images_inplace)):
+    _kernels = {**seesaw_kernels("cuda"), "mix_images": mix_images, "mix_images_backward": mix_images_backward,
+                "mix_images_": mix_images_inplace}
+    for _op, _fn in _kernels.items():
         register_kernel(_op, "cuda")(_fn)

@@ -1,0 +1,48 @@
+"""What the ``cpu`` and ``cuda`` backends share: loading ``lossmix_ext._C`` and the Seesaw
+adapters, which differ only in the device suffix of the extension's functions."""
+from __future__ import annotations
+
+from typing import Callable, Dict, Optional
+
+import torch
+
+from . import torch as _torch_backend
+
+try:
+    from .. import _C
+    IMPORT_ERROR: Optional[str] = None
+except ImportError as exc:  # not built (LOSSMIX_EXT_NO_NATIVE=1, no compiler, ...)
+    _C = None
+    IMPORT_ERROR = (f"lossmix_ext._C was not built: {exc} (reinstall with a C++ compiler: "
+                    "pip install --no-build-isolation -e .)")
+
+
+def sample_blocks(x: torch.Tensor) -> bool:
+    """Each sample is one contiguous block in the same layout as ``empty_like(x)``."""
+    return x.is_contiguous() or (x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last))
+
+
+def seesaw_kernels(device: str) -> Dict[str, Callable]:
+    """``seesaw_fwd``, ``seesaw_fwd_inplace`` and ``seesaw_bwd`` calling ``_C.<name>_<device>``;
+    more than 2 label sets go to the torch kernels."""
+    fwd = getattr(_C, f"seesaw_fwd_{device}")
+    fwd_inplace = getattr(_C, f"seesaw_fwd_inplace_{device}")
+    bwd = getattr(_C, f"seesaw_bwd_{device}")
+
+    def seesaw_fwd(logits, labels, weights, obj_weights, counts, p, q, eps, ignore_index):
+        if labels.shape[0] not in (1, 2):
+            return _torch_backend.seesaw_fwd(logits, labels, weights, obj_weights, counts, p, q, eps, ignore_index)
+        return fwd(logits, labels, weights, obj_weights, counts, float(p), float(q), float(eps), ignore_index)
+
+    def seesaw_fwd_inplace(logits, labels, weights, obj_weights, counts, p, q, eps, ignore_index):
+        if labels.shape[0] not in (1, 2):
+            return _torch_backend.seesaw_fwd_inplace(logits, labels, weights, obj_weights, counts, p, q, eps,
+                                                     ignore_index)
+        loss, obj_loss = fwd_inplace(logits, labels, weights, obj_weights, counts, float(p), float(q), float(eps),
+                                     ignore_index)
+        return loss, obj_loss, logits
+
+    def seesaw_bwd(grad, grad_loss, grad_obj):
+        return bwd(grad, grad_loss, grad_obj)
+
+    return {"seesaw_fwd": seesaw_fwd, "seesaw_fwd_inplace": seesaw_fwd_inplace, "seesaw_bwd": seesaw_bwd}
