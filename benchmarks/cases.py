@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 import lossmix_ext
@@ -189,9 +190,22 @@ def mixed_ce_case(shape, dtype, device, g) -> Case:
     def call(i, b):
         return lossmix_ext.mixed_cross_entropy(i["logits"], i["labels_a"], i["labels_b"], i["lam"], backend=b)
 
+    def two_ce(i):
+        # what training code writes today: two cross-entropy calls, interpolated per sample
+        x, lam = i["logits"], i["lam"]
+        return (lam * F.cross_entropy(x, i["labels_a"], reduction="none")
+                + (1 - lam) * F.cross_entropy(x, i["labels_b"], reduction="none")).mean()
+
+    def soft_target(i):
+        # timm-style dense soft targets: λ·onehot(y_a) + (1−λ)·onehot(y_b), then soft-target CE
+        x, lam = i["logits"], i["lam"][:, None]
+        target = (lam * F.one_hot(i["labels_a"], c) + (1 - lam) * F.one_hot(i["labels_b"], c)).to(x.dtype)
+        return -(target * F.log_softmax(x, dim=1)).sum(1).mean()
+
+    extras = [Provider("two_ce", two_ce), Provider("soft_target", soft_target)]
     return Case("mixed_cross_entropy", dict(shape), dtype, MODES, inp, reference,
                 _seesaw_bytes(n, c, dtype, 16 * n + 4 * n), ("logits",),
-                _backend_providers("seesaw_fwd", call, device))
+                _backend_providers("seesaw_fwd", call, device) + extras)
 
 
 # --------------------------------------------------------------------------- image mixing

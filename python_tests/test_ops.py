@@ -208,3 +208,30 @@ def test_all_cpu_backends_agree_on_a_small_case():
         torch.testing.assert_close(o, obj, rtol=1e-5, atol=1e-6, msg=backend)
         torch.testing.assert_close(c, cls, rtol=1e-5, atol=1e-6, msg=backend)
         torch.testing.assert_close(xb.grad, x_ref.grad, rtol=1e-5, atol=1e-7, msg=backend)
+
+
+@pytest.mark.parametrize("backend", SEESAW_BACKENDS)
+def test_repeated_backward_and_scaled_upstreams(backend):
+    """The saved gradient is never handed out (it would become ``x.grad`` and be modified by the
+    next accumulation): repeated backward passes accumulate, scaled upstreams scale."""
+    C, n = 5, 6
+    x0 = torch.randn(n, C + 2)
+    labels = torch.randint(0, C + 1, (n,))
+    counts = torch.rand(C + 1) * 20
+    xr = x0.clone().requires_grad_(True)
+    obj, cls = R.seesaw_module_loss(xr, labels, counts, C)
+    (g_ref,) = torch.autograd.grad(obj + cls, xr)
+    x = x0.clone().requires_grad_(True)
+    o, c = L.seesaw_module_loss(x, labels, counts, C, backend=backend)
+    total = o + c
+    total.backward(retain_graph=True)
+    total.backward(retain_graph=True)
+    torch.testing.assert_close(x.grad, 2 * g_ref, rtol=1e-5, atol=1e-7)
+    (3 * total).backward()
+    torch.testing.assert_close(x.grad, 5 * g_ref, rtol=1e-5, atol=1e-6)
+    x.grad = None
+    o, c = L.seesaw_module_loss(x, labels, counts, C, backend=backend)
+    (o + 0.5 * c).backward()  # different upstream per output: the scaling kernel
+    obj, cls = R.seesaw_module_loss(xr, labels, counts, C)
+    (g_mixed,) = torch.autograd.grad(obj + 0.5 * cls, xr)
+    torch.testing.assert_close(x.grad, g_mixed, rtol=1e-5, atol=1e-7)
