@@ -109,6 +109,12 @@ LMX_FN void softmax_update(S& m, S& s, S x, Exp expf_) {
 template <class V>
 LMX_FN V mixed_grad(V p0, V w0, V p1, V w1) { return w0 * p0 + w1 * p1; }
 
+// A label set contributes a class loss in a row when its label is a class column and not
+// the ignored label (the background label C, and anything out of range, contribute nothing).
+LMX_FN bool label_active(long long label, long long num_classes, bool has_ignore, long long ignore_index) {
+  return label >= 0 && label < num_classes && !(has_ignore && label == ignore_index);
+}
+
 // Two-class (objectness) cross-entropy over logits (o0, o1) with target t in {0, 1}:
 // loss = lse(o) - o_t, grad = softmax(o) - onehot(t). `expf_`/`logf_` as above.
 template <class S, class Exp, class Log>

@@ -357,7 +357,7 @@ struct Seesaw {
     for (int s = 0; s < S; ++s) {
       const int64_t l = a.labels[s * a.lab_s + i * a.lab_n];
       lab[s] = l;
-      act[s] = l >= 0 && l < C && !(a.has_ignore && l == a.ignore_index);
+      act[s] = lmx::label_active(l, C, a.has_ignore != 0, a.ignore_index);
       w[s] = a.weights[s * a.w_s + i * a.w_n];
     }
     T loss = T(0);
