@@ -2,6 +2,7 @@
 // lossmix_ext/backends/cuda.py (which register them as the `cpu` / `cuda` backends of the
 // lossmix_ext ops). The CUDA functions exist only when built with LOSSMIX_WITH_CUDA.
 #include <torch/extension.h>
+#include <torch/csrc/autograd/graph_task.h>
 
 #include "cpu/ops_cpu.h"
 #ifdef LOSSMIX_WITH_CUDA
@@ -17,14 +18,21 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         "seesaw_fwd on CPU tensors, gradient written over the logits; returns (loss, obj_loss)", py::arg("logits"),
         py::arg("labels"), py::arg("weights"), py::arg("obj_weights"), py::arg("counts"), py::arg("p"), py::arg("q"),
         py::arg("eps"), py::arg("ignore_index"));
-  m.def("seesaw_bwd_cpu", &lmx_cpu::seesaw_bwd, "seesaw_bwd on CPU tensors", py::arg("grad"), py::arg("grad_loss"),
-        py::arg("grad_obj"));
+  m.def("seesaw_bwd_cpu", &lmx_cpu::seesaw_bwd, "seesaw_bwd on CPU tensors (inplace: over grad)", py::arg("grad"),
+        py::arg("grad_loss"), py::arg("grad_obj"), py::arg("inplace") = false);
   m.def("mix_images_cpu", &lmx_cpu::mix_images, "mix_images (no boxes) on CPU tensors", py::arg("images"),
         py::arg("lam"), py::arg("index"), py::arg("mean"), py::arg("std"), py::arg("scale"));
   m.def("mix_images_backward_cpu", &lmx_cpu::mix_images_backward, "mix_images_backward (no boxes) on CPU tensors",
         py::arg("grad"), py::arg("lam"), py::arg("index"), py::arg("std"), py::arg("scale"));
   m.def("mix_images_inplace_cpu", &lmx_cpu::mix_images_inplace, "mix_images_ on CPU tensors", py::arg("images"),
         py::arg("lam"), py::arg("index"));
+  // For the Seesaw backward, which may reuse the gradient saved in the forward as its result:
+  // true when the running backward keeps the graph (retain_graph / create_graph), or when no
+  // backward is running.
+  m.def("graph_task_keeps_graph", []() { return torch::autograd::get_current_graph_task_keep_graph(); },
+        "whether the backward pass running on this thread keeps the graph (True outside a backward)");
+  m.def("storage_is_exclusive", [](const at::Tensor& t) { return t.has_storage() && t.storage().use_count() == 1; },
+        "whether no other tensor (view, alias) shares t's storage");
   m.def("cpu_isa", &lmx_cpu::isa, "instruction set of the CPU kernels in use ('avx2' or 'baseline')");
   m.def("set_cpu_isa", &lmx_cpu::set_isa_name,
         "use the 'avx2' or 'baseline' CPU kernels ('auto': the best supported); False if unavailable");
@@ -38,8 +46,8 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         "seesaw_fwd on CUDA tensors, gradient written over the logits; returns (loss, obj_loss)", py::arg("logits"),
         py::arg("labels"), py::arg("weights"), py::arg("obj_weights"), py::arg("counts"), py::arg("p"), py::arg("q"),
         py::arg("eps"), py::arg("ignore_index"));
-  m.def("seesaw_bwd_cuda", &lmx_cuda::seesaw_bwd, "seesaw_bwd on CUDA tensors", py::arg("grad"), py::arg("grad_loss"),
-        py::arg("grad_obj"));
+  m.def("seesaw_bwd_cuda", &lmx_cuda::seesaw_bwd, "seesaw_bwd on CUDA tensors (inplace: over grad)", py::arg("grad"),
+        py::arg("grad_loss"), py::arg("grad_obj"), py::arg("inplace") = false);
   m.def("mix_images_cuda", &lmx_cuda::mix_images, "mix_images on CUDA tensors", py::arg("images"), py::arg("lam"),
         py::arg("index"), py::arg("boxes"), py::arg("mean"), py::arg("std"), py::arg("scale"), py::arg("out_dtype"));
   m.def("mix_images_backward_cuda", &lmx_cuda::mix_images_backward, "mix_images_backward on CUDA tensors",

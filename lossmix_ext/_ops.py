@@ -27,7 +27,8 @@ label sets, optional objectness columns::
 ``opmath`` is float64 for float64 logits, float32 otherwise. ``p <= 0`` and ``q <= 0``
 turn off mitigation and compensation, which makes the op a plain (mixed) cross-entropy.
 The gradient is computed in the forward and saved; the backward only scales it by the
-upstream per-row gradients (``seesaw_bwd``). λ, label weights and reduction divisors enter
+upstream per-row gradients (``seesaw_bwd``), in place when nothing else can see it any more
+(see ``_seesaw_backward``). λ, label weights and reduction divisors enter
 through ``weights``, so the op's outputs are already weighted and a reduction is a sum.
 """
 from __future__ import annotations
@@ -84,22 +85,82 @@ def _seesaw_bwd_fake(grad, grad_loss, grad_obj, backend):
     return torch.empty_like(grad)
 
 
-def _seesaw_setup(ctx, inputs, output):
+# The backward's result is the saved gradient scaled row by row. When nothing else can see the
+# saved buffer any more, the backward scales it in place (rows scaled by exactly 1 — the usual
+# `loss.backward()` of a sum — are not even touched) and returns it, instead of writing a new
+# N×C tensor. That is safe only if (1) the graph is not kept (no retain_graph/create_graph: the
+# buffer would be needed again), (2) no other tensor shares its storage (the op's `grad`
+# output, or a view of it, still held by the caller), (3) in eager mode on plain tensors. (1)
+# and (2) are read through the extension; without it the backward always writes a new tensor.
+# In eager mode the forward therefore keeps a detached alias of the gradient on `ctx` (checked
+# against in-place modification with its version counter, as saved tensors are) rather than a
+# saved tensor, whose unpacking would add references of its own. Under saved-tensor hooks
+# (`torch.autograd.graph.save_on_cpu`, checkpointing, memory probes) it is an ordinary saved
+# tensor, so the hooks see it, and the backward writes a new tensor.
+try:
+    from . import _C as _native
+except ImportError:  # extension not built
+    _native = None
+
+
+def _keeps_graph() -> bool:
+    return _native is None or _native.graph_task_keeps_graph()
+
+
+def _saved_tensors_hooks_active() -> bool:
+    top = getattr(torch._C._autograd, "_top_saved_tensors_default_hooks", None)
+    return top is None or top(False) is not None  # unknown ⇒ assume active
+
+
+def _may_reuse(grad: Tensor) -> bool:
+    return (_native is not None and type(grad) is torch.Tensor and grad.is_contiguous()
+            and not torch.compiler.is_compiling() and not torch._C._functorch.is_functorch_wrapped_tensor(grad)
+            and not _saved_tensors_hooks_active())
+
+
+def _seesaw_setup(ctx, inputs, output, reuse: bool = True):
     ctx.set_materialize_grads(False)  # the unused grad output would otherwise get an N×C zero tensor
     ctx.has_obj = inputs[3] is not None
     ctx.backend = inputs[-1]
-    ctx.save_for_backward(output[2])
+    grad = output[2]
+    ctx.alias = reuse and _may_reuse(grad)
+    if ctx.alias:
+        ctx.grad = grad.detach()
+        ctx.grad_version = grad._version
+    else:
+        ctx.save_for_backward(grad)
+
+
+def _saved_grad(ctx) -> Tensor:
+    if not ctx.alias:
+        return ctx.saved_tensors[0]
+    grad = ctx.grad
+    if grad is None:
+        raise RuntimeError("Trying to backward through the graph a second time (the Seesaw gradient saved in the "
+                           "forward has been freed or reused). Specify retain_graph=True if you need to backward "
+                           "through the graph a second time.")
+    if grad._version != ctx.grad_version:
+        raise RuntimeError("one of the variables needed for gradient computation has been modified by an inplace "
+                           f"operation: the gradient output of lossmix_ext::seesaw_fwd is at version {grad._version}; "
+                           f"expected version {ctx.grad_version} instead.")
+    return grad
 
 
 def _seesaw_backward(ctx, grad_loss, grad_obj, _grad_grad):
-    (grad,) = ctx.saved_tensors
+    grad = _saved_grad(ctx)
     om = opmath_dtype(grad.dtype)
     n = grad.shape[0]
     if grad_loss is None:
         grad_loss = grad.new_zeros((n,), dtype=om)
     if ctx.has_obj and grad_obj is None:
         grad_obj = grad.new_zeros((n,), dtype=om)
-    g = seesaw_bwd(grad, grad_loss, grad_obj if ctx.has_obj else None, ctx.backend)
+    grad_obj = grad_obj if ctx.has_obj else None
+    if ctx.alias and not _keeps_graph():
+        ctx.grad = None  # released, as saved tensors are
+        if not torch.is_grad_enabled() and _native.storage_is_exclusive(grad):
+            g = _backend.kernel("seesaw_bwd_inplace", ctx.backend)(grad, grad_loss, grad_obj)
+            return g, None, None, None, None, None, None, None, None, None
+    g = seesaw_bwd(grad, grad_loss, grad_obj, ctx.backend)
     return g, None, None, None, None, None, None, None, None, None
 
 
@@ -122,7 +183,7 @@ class SeesawInplace(torch.autograd.Function):
             logits, labels, weights, obj_weights, counts, p, q, eps, ignore_index)
         ctx.mark_dirty(logits)
         _seesaw_setup(ctx, (logits, labels, weights, obj_weights, counts, p, q, eps, ignore_index, backend),
-                      (loss, obj_loss, grad))
+                      (loss, obj_loss, grad), reuse=False)
         return loss, obj_loss, grad
 
     @staticmethod

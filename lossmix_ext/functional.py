@@ -144,6 +144,7 @@ def seesaw_module_loss(cls_score: Tensor, labels: Tensor, cum_samples: Tensor, n
         sets = [(labels, lam), (labels_b, 1 - lam)]
     cls_w, obj_w = [], []
     obj_div = _divisor(reduction, avg_factor, n)
+    lw = lw * loss_weight  # in the per-row weights, so a plain backward scales the gradient by 1 (skipped)
     for lab, lam_s in sets:
         w = lw if lam_s is None else lw * lam_s
         pos = (lab < c).to(om)
@@ -153,8 +154,8 @@ def seesaw_module_loss(cls_score: Tensor, labels: Tensor, cum_samples: Tensor, n
     labels_all = torch.stack([lab.long() for lab, _ in sets])
     cls_rows, obj_rows, _ = _seesaw_op(cls_score, labels_all, torch.stack(cls_w), torch.stack(obj_w),
                                        cum_samples[:c], float(p), float(q), float(eps), c, backend, inplace_grad)
-    loss_obj = loss_weight * _reduce_rows(obj_rows, reduction)
-    loss_cls = loss_weight * _reduce_rows(cls_rows, reduction)
+    loss_obj = _reduce_rows(obj_rows, reduction)
+    loss_cls = _reduce_rows(cls_rows, reduction)
     if reduction == "none" and labels_b is None:
         loss_cls = loss_cls[labels < c]  # mmdetection's shape: one entry per positive row (host sync)
     return loss_obj, loss_cls

@@ -212,8 +212,9 @@ def test_all_cpu_backends_agree_on_a_small_case():
 
 @pytest.mark.parametrize("backend", SEESAW_BACKENDS)
 def test_repeated_backward_and_scaled_upstreams(backend):
-    """The saved gradient is never handed out (it would become ``x.grad`` and be modified by the
-    next accumulation): repeated backward passes accumulate, scaled upstreams scale."""
+    """The saved gradient is handed out only by a backward that frees the graph (otherwise it
+    would become ``x.grad`` and be modified by the next accumulation): repeated backward passes
+    accumulate, scaled upstreams scale."""
     C, n = 5, 6
     x0 = torch.randn(n, C + 2)
     labels = torch.randint(0, C + 1, (n,))

@@ -44,7 +44,8 @@ inline int64_t seesaw_scratch_elems(int64_t C) {
   return 2 * C + 4 * nch + 64;
 }
 
-// seesaw_bwd: out[i, k] = grad[i, k] * (k < C ? grad_loss[i] : grad_obj[i]).
+// seesaw_bwd: out[i, k] = grad[i, k] * (k < C ? grad_loss[i] : grad_obj[i]). With out == grad (in
+// place), spans whose factor is exactly 1 are left untouched (x * 1 == x), so they cost no traffic.
 template <class T>
 struct ScaleArgs {
   const T* grad = nullptr;

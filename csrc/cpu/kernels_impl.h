@@ -437,6 +437,19 @@ struct Seesaw {
 
   static void scale_rows(const ScaleArgs<T>& a, int64_t r0, int64_t r1) {
     const int64_t ncls = a.grad_obj != nullptr ? a.C : a.CT;
+    if (a.out == a.grad) {  // in place
+      for (int64_t i = r0; i < r1; ++i) {
+        T* g = a.out + i * a.ldo;
+        const T s = a.grad_loss[i * a.gl_s];
+        if (s != T(1)) span_scale(g, ncls, s);
+        if (a.grad_obj != nullptr) {
+          const T so = a.grad_obj[i * a.go_s];
+          if (so != T(1))
+            for (int64_t k = ncls; k < a.CT; ++k) g[k] = g[k] * so;
+        }
+      }
+      return;
+    }
     for (int64_t i = r0; i < r1; ++i) {
       const T* __restrict g = a.grad + i * a.ldg;
       T* __restrict o = a.out + i * a.ldo;

@@ -173,6 +173,7 @@ void run_scale(const Tensor& g, const Tensor& o, const Tensor& gl, const c10::op
       for (int64_t i = r0; i < r1; ++i) {
         const T s = glp[i * gls];
         const T so = gop != nullptr ? gop[i * gos] : s;
+        if (gp == op && s == T(1) && so == T(1)) continue;  // in place, factor 1
         const int64_t ncls = gop != nullptr ? C : CT;
         for (int64_t k = 0; k < ncls; ++k) op[i * CT + k] = static_cast<D>(static_cast<T>(gp[i * CT + k]) * s);
         for (int64_t k = ncls; k < CT; ++k) op[i * CT + k] = static_cast<D>(static_cast<T>(gp[i * CT + k]) * so);
@@ -267,7 +268,7 @@ std::tuple<Tensor, Tensor> seesaw_fwd_inplace(const Tensor& logits, const Tensor
   return {std::get<0>(r), std::get<1>(r)};
 }
 
-Tensor seesaw_bwd(const Tensor& grad, const Tensor& grad_loss, const c10::optional<Tensor>& grad_obj) {
+Tensor seesaw_bwd(const Tensor& grad, const Tensor& grad_loss, const c10::optional<Tensor>& grad_obj, bool inplace) {
   TORCH_CHECK(grad.device().is_cpu(), "seesaw_bwd (cpu backend): grad must be on the CPU");
   TORCH_CHECK(grad.dim() == 2, "seesaw_bwd: grad must be 2-D, got ", grad.dim(), "-D");
   const auto dt = grad.scalar_type();
@@ -286,7 +287,8 @@ Tensor seesaw_bwd(const Tensor& grad, const Tensor& grad_loss, const c10::option
                 ",), got ", grad_obj->sizes());
     go = grad_obj->to(om);
   }
-  Tensor out = at::empty_like(grad);
+  TORCH_CHECK(!inplace || grad.is_contiguous(), "seesaw_bwd: in place needs a contiguous grad");
+  Tensor out = inplace ? grad : at::empty_like(grad);
   if (grad.numel() == 0) return out;
   Tensor g = grad.contiguous();
   Tensor o = out.is_contiguous() ? out : at::empty_like(g, at::MemoryFormat::Contiguous);

@@ -26,7 +26,10 @@ std::tuple<at::Tensor, at::Tensor> seesaw_fwd_inplace(const at::Tensor& logits, 
                                                       const c10::optional<at::Tensor>& counts, double p, double q,
                                                       double eps, c10::optional<int64_t> ignore_index);
 
-at::Tensor seesaw_bwd(const at::Tensor& grad, const at::Tensor& grad_loss, const c10::optional<at::Tensor>& grad_obj);
+// seesaw_bwd; with `inplace` the result is written over `grad` (contiguous), rows whose factor is
+// exactly 1 untouched, and `grad` is returned.
+at::Tensor seesaw_bwd(const at::Tensor& grad, const at::Tensor& grad_loss, const c10::optional<at::Tensor>& grad_obj,
+                      bool inplace);
 
 // mix_images without boxes: uint8 -> float32, float32 -> float32, float64 -> float64; images
 // contiguous or (4-D) channels_last; mean / std need 4-D images.

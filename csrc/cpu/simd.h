@@ -16,6 +16,10 @@
 
 #if (defined(__GNUC__) || defined(__clang__)) && !defined(LOSSMIX_NO_VECTOR_EXT)
 #define LMX_VECTOR_EXT 1
+#if defined(__x86_64__) || defined(__i386__)
+#include <immintrin.h>
+#define LMX_X86_MINMAX 1
+#endif
 #endif
 
 namespace lmx {
@@ -44,10 +48,19 @@ static inline void vstore(float* p, vfloat v) { std::memcpy(p, &v, sizeof v); }
 static inline vfloat vselect(vint mask, vfloat a, vfloat b) {
   return (vfloat)((mask & (vint)a) | (~mask & (vint)b));
 }
-#if defined(__clang__)
+// max / min with the semantics of `a > b ? a : b` / `a < b ? a : b` (b when either is NaN or
+// both are equal): exactly those of x86's maxps / minps, which compilers do not always pick
+// for the vector conditional (GCC emits compare + blend), so they are used directly there.
+#if defined(LMX_X86_MINMAX) && LMX_FLOAT_LANES == 8
+static inline vfloat lmx_max(vfloat a, vfloat b) { return (vfloat)_mm256_max_ps((__m256)a, (__m256)b); }
+static inline vfloat lmx_min(vfloat a, vfloat b) { return (vfloat)_mm256_min_ps((__m256)a, (__m256)b); }
+#elif defined(LMX_X86_MINMAX) && LMX_FLOAT_LANES == 4
+static inline vfloat lmx_max(vfloat a, vfloat b) { return (vfloat)_mm_max_ps((__m128)a, (__m128)b); }
+static inline vfloat lmx_min(vfloat a, vfloat b) { return (vfloat)_mm_min_ps((__m128)a, (__m128)b); }
+#elif defined(__clang__)
 static inline vfloat lmx_max(vfloat a, vfloat b) { return vselect(a > b, a, b); }
 static inline vfloat lmx_min(vfloat a, vfloat b) { return vselect(a < b, a, b); }
-#else  // GCC maps the vector conditional to maxps / minps
+#else
 static inline vfloat lmx_max(vfloat a, vfloat b) { return a > b ? a : b; }
 static inline vfloat lmx_min(vfloat a, vfloat b) { return a < b ? a : b; }
 #endif

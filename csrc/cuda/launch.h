@@ -40,7 +40,8 @@ typedef struct {
 } lmx_seesaw_fwd_args;
 
 /* seesaw_bwd: out[i, k] = grad[i, k] * (k < C or !grad_obj ? grad_loss[i * gl_s] : grad_obj[i * go_s]);
- * grad and out (N, CT) contiguous of `dtype`, grad_loss / grad_obj opmath. */
+ * grad and out (N, CT) contiguous of `dtype`, grad_loss / grad_obj opmath. out == grad (in place):
+ * elements whose factor is exactly 1 are neither read nor written. */
 typedef struct {
   const void* grad;
   void* out;

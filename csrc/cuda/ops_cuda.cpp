@@ -153,7 +153,7 @@ std::tuple<Tensor, Tensor> seesaw_fwd_inplace(const Tensor& logits, const Tensor
   return {std::get<0>(r), std::get<1>(r)};
 }
 
-Tensor seesaw_bwd(const Tensor& grad, const Tensor& grad_loss, const c10::optional<Tensor>& grad_obj) {
+Tensor seesaw_bwd(const Tensor& grad, const Tensor& grad_loss, const c10::optional<Tensor>& grad_obj, bool inplace) {
   TORCH_CHECK(grad.is_cuda(), "seesaw_bwd (cuda backend): grad must be a CUDA tensor");
   TORCH_CHECK(grad.dim() == 2, "seesaw_bwd: grad must be 2-D, got ", grad.dim(), "-D");
   const c10::cuda::CUDAGuard guard(grad.device());
@@ -164,7 +164,8 @@ Tensor seesaw_bwd(const Tensor& grad, const Tensor& grad_loss, const c10::option
   Tensor gl = grad_loss.to(om);
   Tensor go = grad_obj.has_value() ? grad_obj->to(om) : Tensor();
   if (go.defined()) TORCH_CHECK(go.dim() == 1 && go.size(0) == N, "seesaw_bwd: grad_obj must have shape (", N, ",)");
-  Tensor out = at::empty_like(grad);
+  TORCH_CHECK(!inplace || grad.is_contiguous(), "seesaw_bwd: in place needs a contiguous grad");
+  Tensor out = inplace ? grad : at::empty_like(grad);
   if (grad.numel() == 0) return out;
   Tensor g = grad.contiguous();
   Tensor o = out.is_contiguous() ? out : at::empty_like(g, at::MemoryFormat::Contiguous);

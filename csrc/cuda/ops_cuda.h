@@ -24,7 +24,9 @@ std::tuple<at::Tensor, at::Tensor> seesaw_fwd_inplace(const at::Tensor& logits, 
                                                       const c10::optional<at::Tensor>& counts, double p, double q,
                                                       double eps, c10::optional<int64_t> ignore_index);
 
-at::Tensor seesaw_bwd(const at::Tensor& grad, const at::Tensor& grad_loss, const c10::optional<at::Tensor>& grad_obj);
+// with `inplace`, written over `grad` (contiguous); rows whose factor is exactly 1 untouched
+at::Tensor seesaw_bwd(const at::Tensor& grad, const at::Tensor& grad_loss, const c10::optional<at::Tensor>& grad_obj,
+                      bool inplace);
 
 // {uint8, float16, bfloat16, float32} -> {float16, bfloat16, float32}, or float64 -> float64;
 // images contiguous or (4-D) channels_last.

@@ -253,6 +253,7 @@ __global__ void seesaw_bwd_kernel(const lmx_seesaw_bwd_args a) {
   const A* gl = static_cast<const A*>(a.grad_loss);
   const A* go = static_cast<const A*>(a.grad_obj);
   const int64_t total = a.N * a.CT;
+  const bool in_place = a.grad == a.out;
   const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
   constexpr int NV = VEC ? Vec16<T>::N : 1;
   for (int64_t e = (static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x) * NV; e < total; e += stride * NV) {
@@ -260,6 +261,9 @@ __global__ void seesaw_bwd_kernel(const lmx_seesaw_bwd_args a) {
     const int64_t k0 = e - i * a.CT;
     const A sl = gl[i * a.gl_s];
     const A so = go != nullptr ? go[i * a.go_s] : sl;
+    // in place, a factor of exactly 1 leaves the element as it is: skip its traffic (with VEC the
+    // NV elements may straddle the class / objectness boundary, so both factors must be 1)
+    if (in_place && (VEC ? (sl == A(1) && so == A(1)) : (((go != nullptr && k0 >= a.C) ? so : sl) == A(1)))) continue;
     if (VEC) {
       A v[Vec16<T>::N];
       Vec16<T>::load(g + e, v);

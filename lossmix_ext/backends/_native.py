@@ -23,7 +23,7 @@ def sample_blocks(x: torch.Tensor) -> bool:
 
 
 def seesaw_kernels(device: str) -> Dict[str, Callable]:
-    """``seesaw_fwd``, ``seesaw_fwd_inplace`` and ``seesaw_bwd`` calling ``_C.<name>_<device>``;
+    """``seesaw_fwd``, ``seesaw_fwd_inplace``, ``seesaw_bwd`` and ``seesaw_bwd_inplace`` calling ``_C.<name>_<device>``;
     more than 2 label sets go to the torch kernels."""
     fwd = getattr(_C, f"seesaw_fwd_{device}")
     fwd_inplace = getattr(_C, f"seesaw_fwd_inplace_{device}")
@@ -45,4 +45,8 @@ def seesaw_kernels(device: str) -> Dict[str, Callable]:
     def seesaw_bwd(grad, grad_loss, grad_obj):
         return bwd(grad, grad_loss, grad_obj)
 
-    return {"seesaw_fwd": seesaw_fwd, "seesaw_fwd_inplace": seesaw_fwd_inplace, "seesaw_bwd": seesaw_bwd}
+    def seesaw_bwd_inplace(grad, grad_loss, grad_obj):
+        return bwd(grad, grad_loss, grad_obj, True)
+
+    return {"seesaw_fwd": seesaw_fwd, "seesaw_fwd_inplace": seesaw_fwd_inplace, "seesaw_bwd": seesaw_bwd,
+            "seesaw_bwd_inplace": seesaw_bwd_inplace}

@@ -84,6 +84,20 @@ def seesaw_bwd(grad, grad_loss, grad_obj):
     return (grad.to(om) * scale).to(grad.dtype)
 
 
+@register_kernel("seesaw_bwd_inplace", "torch")
+def seesaw_bwd_inplace(grad, grad_loss, grad_obj):
+    """``seesaw_bwd`` written over ``grad``; returns ``grad``."""
+    om = opmath_dtype(grad.dtype)
+    if grad.dtype != om:
+        return grad.copy_(seesaw_bwd(grad, grad_loss, grad_obj))
+    if grad_obj is None:
+        return grad.mul_(grad_loss.to(om)[:, None])
+    c = grad.shape[1] - 2
+    grad[:, :c].mul_(grad_loss.to(om)[:, None])
+    grad[:, c:].mul_(grad_obj.to(om)[:, None])
+    return grad
+
+
 @register_kernel("mix_images", "torch")
 def mix_images(images, lam, index, boxes, mean, std, scale, out_dtype):
     out = torch.empty_like(images, dtype=out_dtype)

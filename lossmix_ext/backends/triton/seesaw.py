@@ -223,17 +223,19 @@ def _seesaw_fwd_looped(x_ptr, stride_x, labels_ptr, w_ptr, ow_ptr, logn_ptr,
 
 @triton.jit
 def _seesaw_bwd_kernel(g_ptr, gl_ptr, gl_stride, go_ptr, go_stride, out_ptr, N, CT, C,
-                       BLOCK_C: tl.constexpr, ROWS: tl.constexpr):
+                       BLOCK_C: tl.constexpr, ROWS: tl.constexpr, IN_PLACE: tl.constexpr):
     rows = tl.program_id(0) * ROWS + tl.arange(0, ROWS)
     cols = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
     row_ok = rows < N
     rows64 = rows.to(tl.int64)
     mask = row_ok[:, None] & (cols < CT)[None, :]
     offs = rows64[:, None] * CT + cols[None, :]
-    g = tl.load(g_ptr + offs, mask=mask, other=0.0).to(tl.float32)
     s_cls = tl.load(gl_ptr + rows64 * gl_stride, mask=row_ok, other=0.0).to(tl.float32)
     s_obj = tl.load(go_ptr + rows64 * go_stride, mask=row_ok, other=0.0).to(tl.float32)  # = gl without objectness
     scale = tl.where(cols[None, :] < C, s_cls[:, None], s_obj[:, None])
+    if IN_PLACE:  # out is g: an element whose factor is exactly 1 stays as it is, no traffic
+        mask = mask & (scale != 1.0)
+    g = tl.load(g_ptr + offs, mask=mask, other=0.0).to(tl.float32)
     tl.store(out_ptr + offs, (g * scale).to(out_ptr.dtype.element_ty), mask=mask)
 
 
@@ -350,15 +352,28 @@ def seesaw_fwd(logits, labels, weights, obj_weights, counts, p, q, eps, ignore_i
 
 @register_kernel("seesaw_bwd", "triton")
 def seesaw_bwd(grad, grad_loss, grad_obj):
+    return _bwd(grad, grad_loss, grad_obj, in_place=False)
+
+
+@register_kernel("seesaw_bwd_inplace", "triton")
+def seesaw_bwd_inplace(grad, grad_loss, grad_obj):
+    """``seesaw_bwd`` written over ``grad`` (contiguous); elements scaled by exactly 1 are not touched."""
+    return _bwd(grad, grad_loss, grad_obj, in_place=True)
+
+
+def _bwd(grad, grad_loss, grad_obj, in_place):
     if grad.dtype not in _TL_DTYPES:
-        return _torch_backend.seesaw_bwd(grad, grad_loss, grad_obj)
+        fn = _torch_backend.seesaw_bwd_inplace if in_place else _torch_backend.seesaw_bwd
+        return fn(grad, grad_loss, grad_obj)
     n, ct = grad.shape
     c = ct - 2 if grad_obj is not None else ct
     for name, v in (("grad_loss", grad_loss), ("grad_obj", grad_obj)):
         if v is not None and tuple(v.shape) != (n,):
             raise ValueError(f"{name} must have shape ({n},), got {tuple(v.shape)}")
+    if in_place and not grad.is_contiguous():
+        raise ValueError("seesaw_bwd in place needs a contiguous grad")
     src = grad if grad.is_contiguous() else grad.contiguous()
-    out = torch.empty((n, ct), dtype=grad.dtype, device=grad.device)
+    out = grad if in_place else torch.empty((n, ct), dtype=grad.dtype, device=grad.device)
     if out.numel() > 0:
         gl = grad_loss.to(torch.float32)
         go = grad_obj.to(torch.float32) if grad_obj is not None else gl
@@ -366,8 +381,9 @@ def seesaw_bwd(grad, grad_loss, grad_obj):
         grid = (triton.cdiv(n, launch.rows), triton.cdiv(ct, launch.block_c))
         with _device_guard(grad):
             _seesaw_bwd_kernel[grid](src, gl, gl.stride(0), go, go.stride(0), out, n, ct, c,
-                                     BLOCK_C=launch.block_c, ROWS=launch.rows, num_warps=launch.num_warps)
-    if not grad.is_contiguous():  # keep grad's layout, as the torch kernel does
+                                     BLOCK_C=launch.block_c, ROWS=launch.rows, IN_PLACE=in_place,
+                                     num_warps=launch.num_warps)
+    if not in_place and not grad.is_contiguous():  # keep grad's layout, as the torch kernel does
         out = torch.empty_like(grad).copy_(out)
     return out
 
@@ -387,7 +403,8 @@ def _fwd_signature(dtype: str, kernel: str) -> Dict[str, str]:
 
 def _bwd_signature(dtype: str) -> Dict[str, str]:
     return {"g_ptr": f"*{dtype}", "gl_ptr": "*fp32", "gl_stride": "i32", "go_ptr": "*fp32", "go_stride": "i32",
-            "out_ptr": f"*{dtype}", "N": "i32", "CT": "i32", "C": "i32", "BLOCK_C": "constexpr", "ROWS": "constexpr"}
+            "out_ptr": f"*{dtype}", "N": "i32", "CT": "i32", "C": "i32", "BLOCK_C": "constexpr", "ROWS": "constexpr",
+            "IN_PLACE": "constexpr"}
 
 
 def _aot_entries(classes=AOT_CLASSES, bwd_columns=AOT_BWD_COLUMNS) -> List[Tuple[str, object, dict, dict, Launch]]:
@@ -407,10 +424,12 @@ def _aot_entries(classes=AOT_CLASSES, bwd_columns=AOT_BWD_COLUMNS) -> List[Tuple
                     out.append((name, _FWD_KERNELS[launch.kernel], _fwd_signature(dtype, launch.kernel), consts,
                                 launch))
         for ct in bwd_columns:
-            launch = _bwd_launch(ct)
-            name = f"seesaw_bwd_{dtype}_CT{ct}_B{launch.block_c}x{launch.rows}_w{launch.num_warps}"
-            consts = {"BLOCK_C": launch.block_c, "ROWS": launch.rows}
-            out.append((name, _seesaw_bwd_kernel, _bwd_signature(dtype), consts, launch))
+            for in_place in (False, True):
+                launch = _bwd_launch(ct)
+                name = (f"seesaw_bwd{'_inplace' if in_place else ''}_{dtype}_CT{ct}"
+                        f"_B{launch.block_c}x{launch.rows}_w{launch.num_warps}")
+                consts = {"BLOCK_C": launch.block_c, "ROWS": launch.rows, "IN_PLACE": in_place}
+                out.append((name, _seesaw_bwd_kernel, _bwd_signature(dtype), consts, launch))
     return out
 
 
