@@ -97,10 +97,15 @@ def _seesaw_bwd_fake(grad, grad_loss, grad_obj, backend):
 # saved tensor, whose unpacking would add references of its own. Under saved-tensor hooks
 # (`torch.autograd.graph.save_on_cpu`, checkpointing, memory probes) it is an ordinary saved
 # tensor, so the hooks see it, and the backward writes a new tensor.
+# The extension is loaded here, once, for the whole package (the cpu / cuda backends take it
+# from here too).
 try:
     from . import _C as _native
-except ImportError:  # extension not built
+    NATIVE_IMPORT_ERROR: Optional[str] = None
+except ImportError as exc:  # not built (LOSSMIX_EXT_NO_NATIVE=1, no compiler, ...)
     _native = None
+    NATIVE_IMPORT_ERROR = (f"lossmix_ext._C was not built: {exc} (reinstall with a C++ compiler: "
+                           "pip install --no-build-isolation -e .)")
 
 
 def _keeps_graph() -> bool:

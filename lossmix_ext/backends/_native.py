@@ -2,19 +2,12 @@
 adapters, which differ only in the device suffix of the extension's functions."""
 from __future__ import annotations
 
-from typing import Callable, Dict, Optional
+from typing import Callable, Dict
 
 import torch
 
 from . import torch as _torch_backend
-
-try:
-    from .. import _C
-    IMPORT_ERROR: Optional[str] = None
-except ImportError as exc:  # not built (LOSSMIX_EXT_NO_NATIVE=1, no compiler, ...)
-    _C = None
-    IMPORT_ERROR = (f"lossmix_ext._C was not built: {exc} (reinstall with a C++ compiler: "
-                    "pip install --no-build-isolation -e .)")
+from .._ops import NATIVE_IMPORT_ERROR as IMPORT_ERROR, _native as _C
 
 
 def sample_blocks(x: torch.Tensor) -> bool:
