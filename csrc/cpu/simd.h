@@ -100,6 +100,20 @@ static inline void vstore_partial(float* p, vfloat v, int64_t n) {
   for (int64_t i = 0; i < n; ++i) p[i] = tmp[i];
 }
 
+// e^r for r = x - n ln2 (two-step Cody-Waite reduction), n = round(x / ln2): the part of exp
+// shared by vexp and sexp, V = float or vfloat, so that both round identically.
+template <class V>
+static inline V exp_reduced(V x, V n) {
+  V r = x - n * 0.693359375f;
+  r = r - n * -2.12194440e-4f;
+  V y = r * 1.9875691500E-4f + 1.3981999507E-3f;
+  y = y * r + 8.3334519073E-3f;
+  y = y * r + 4.1665795894E-2f;
+  y = y * r + 1.6666665459E-1f;
+  y = y * r + 5.0000001201E-1f;
+  return y * (r * r) + r + 1.0f;
+}
+
 // exp for float vectors: round-to-nearest range reduction x = n ln2 + r (|r| <= ln2 / 2),
 // Cephes' degree-6 polynomial for e^r, 2^n assembled in the exponent bits. Inputs are
 // clamped to [-88, 88]; below about -87.3 the result is 0 (n = -127 gives a zero exponent).
@@ -109,16 +123,7 @@ static inline vfloat vexp(vfloat x) {
   x = lmx_min(x, vsplat(88.0f));
   x = lmx_max(x, vsplat(-88.0f));
   vfloat t = x * 1.44269504088896341f + magic;
-  vfloat n = t - magic;
-  vfloat r = x - n * 0.693359375f;
-  r = r - n * -2.12194440e-4f;
-  vfloat y = vsplat(1.9875691500E-4f);
-  y = y * r + 1.3981999507E-3f;
-  y = y * r + 8.3334519073E-3f;
-  y = y * r + 4.1665795894E-2f;
-  y = y * r + 1.6666665459E-1f;
-  y = y * r + 5.0000001201E-1f;
-  y = y * (r * r) + r + 1.0f;
+  const vfloat y = exp_reduced(x, t - magic);
   vint ni = (vint)t - (vint)magic;
   vfloat pow2 = (vfloat)((ni + 127) << 23);
   return y * pow2;
@@ -131,16 +136,7 @@ static inline float sexp(float x) {
   x = x < 88.0f ? x : 88.0f;
   x = x > -88.0f ? x : -88.0f;
   float t = x * 1.44269504088896341f + magic;
-  float n = t - magic;
-  float r = x - n * 0.693359375f;
-  r = r - n * -2.12194440e-4f;
-  float y = 1.9875691500E-4f;
-  y = y * r + 1.3981999507E-3f;
-  y = y * r + 8.3334519073E-3f;
-  y = y * r + 4.1665795894E-2f;
-  y = y * r + 1.6666665459E-1f;
-  y = y * r + 5.0000001201E-1f;
-  y = y * (r * r) + r + 1.0f;
+  const float y = exp_reduced(x, t - magic);
   int32_t ti, mi;
   std::memcpy(&ti, &t, 4);
   std::memcpy(&mi, &magic, 4);
