@@ -206,7 +206,10 @@ def mixed_cross_entropy(logits: Tensor, labels_a: Tensor, labels_b: Tensor, lam:
     total = None
     for labels, lw in ((labels_a, lam), (labels_b, 1 - lam)):
         valid = labels != ignore_index
-        ce = F.cross_entropy(logits, torch.where(valid, labels, 0).long(), reduction="none")
+        # An ignored row's logits are not read (0 gradient even when they are NaN; plain
+        # F.cross_entropy(ignore_index=...) gives such a row a NaN gradient).
+        ce = F.cross_entropy(torch.where(valid[:, None], logits, 0), torch.where(valid, labels, 0).long(),
+                             reduction="none")
         rows = torch.where(valid, ce * lw * w, torch.zeros_like(ce))
         if reduction == "none":
             part = rows

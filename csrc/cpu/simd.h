@@ -117,11 +117,14 @@ static inline V exp_reduced(V x, V n) {
 // exp for float vectors: round-to-nearest range reduction x = n ln2 + r (|r| <= ln2 / 2),
 // Cephes' degree-6 polynomial for e^r, 2^n assembled in the exponent bits. Inputs are
 // clamped to [-88, 88]; below about -87.3 the result is 0 (n = -127 gives a zero exponent).
+// NaN in, NaN out (the clamp keeps NaN; the polynomial then carries it).
 #if LMX_VECTOR_EXT
 static inline vfloat vexp(vfloat x) {
   const vfloat magic = vsplat(12582912.0f);  // 1.5 * 2^23: adding it rounds to an integer
-  x = lmx_min(x, vsplat(88.0f));
-  x = lmx_max(x, vsplat(-88.0f));
+  // Clamp with the constant first: lmx_min / lmx_max return their second operand when either is
+  // NaN, so a NaN input stays NaN (and so does the result) instead of becoming e^±88.
+  x = lmx_min(vsplat(88.0f), x);
+  x = lmx_max(vsplat(-88.0f), x);
   vfloat t = x * 1.44269504088896341f + magic;
   const vfloat y = exp_reduced(x, t - magic);
   vint ni = (vint)t - (vint)magic;
@@ -133,8 +136,8 @@ static inline vfloat vexp(vfloat x) {
 // The same function on one float (bit-identical to a lane of vexp).
 static inline float sexp(float x) {
   const float magic = 12582912.0f;
-  x = x < 88.0f ? x : 88.0f;
-  x = x > -88.0f ? x : -88.0f;
+  x = 88.0f < x ? 88.0f : x;  // NaN stays NaN, as in vexp
+  x = -88.0f > x ? -88.0f : x;
   float t = x * 1.44269504088896341f + magic;
   const float y = exp_reduced(x, t - magic);
   int32_t ti, mi;

@@ -188,7 +188,9 @@ __global__ void __launch_bounds__(G == kWarp ? kWarpBlock : G)
   const A w0 = act[0] ? w[0] : A(0), w1 = act[1] ? w[1] : A(0);
   const A f0 = w0 / sums[0], f1 = w1 / sums[1];
   const A f_plain = (w0 + w1) / s_plain;
+  const bool any_act = act[0] || act[1];
   auto grad_at = [&](int64_t k, A z) -> A {
+    if (!any_act) return A(0);  // no class loss: the row's class logits are not read (0 even for NaN)
     A gk;
     if (plain) {
       gk = f_plain * Exp()(z - m_plain);

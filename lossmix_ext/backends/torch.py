@@ -24,10 +24,13 @@ def unavailable_reason(device_type: str) -> Optional[str]:
 
 
 def _ce_rows_and_grad(z: Tensor, labels: Tensor):
-    """Row CE loss and its gradient softmax(z) − onehot, for labels known to be in range."""
-    lse = torch.logsumexp(z, dim=1)
-    loss = lse - z.gather(1, labels[:, None]).squeeze(1)
-    grad = torch.exp(z - lse[:, None])
+    """Row CE loss and its gradient softmax(z) − onehot, for labels known to be in range.
+
+    Through ``log_softmax``, as ``F.cross_entropy``: a NaN or +inf logit makes its whole row
+    NaN (``logsumexp`` would instead give +inf and a partly finite gradient)."""
+    logp = torch.log_softmax(z, dim=1)
+    loss = -logp.gather(1, labels[:, None]).squeeze(1)
+    grad = logp.exp_()
     grad.scatter_add_(1, labels[:, None], torch.full_like(labels[:, None], -1, dtype=z.dtype))
     return loss, grad
 
@@ -54,8 +57,10 @@ def seesaw_fwd(logits, labels, weights, obj_weights, counts, p, q, eps, ignore_i
         w = torch.where(active, weights[s].to(om), torch.zeros_like(x[:, 0]))
         zmod = z + _reference.seesaw_logit_adjustment(z, safe, counts, p, q, eps)
         rows, g = _ce_rows_and_grad(zmod, safe)
+        # A row without a class loss in this set does not read its class logits: 0 loss and 0
+        # gradient even when they are NaN (as mmdetection, which indexes the positive rows).
         loss += torch.where(active, w * rows, torch.zeros_like(rows))
-        grad[:, :c] += w[:, None] * g
+        grad[:, :c] += torch.where(active[:, None], w[:, None] * g, torch.zeros_like(g))
         if has_obj:
             target = (lab == c).long()
             orows, og = _ce_rows_and_grad(x[:, c:], target)

@@ -90,6 +90,7 @@ def _seesaw_fwd_resident(x_ptr, stride_x, labels_ptr, w_ptr, ow_ptr, logn_ptr,
 
     g = tl.zeros([ROWS, BLOCK_C], dtype=tl.float32)
     loss = tl.zeros([ROWS], dtype=tl.float32)
+    n_act = tl.zeros([ROWS], dtype=tl.int32)
     for s in range(0, S):
         lab = tl.load(labels_ptr + s * N + rows64, mask=row_ok, other=-1)
         active = row_ok & (lab >= 0) & (lab < C) & (lab != ignore_index)
@@ -108,7 +109,11 @@ def _seesaw_fwd_resident(x_ptr, stride_x, labels_ptr, w_ptr, ow_ptr, logn_ptr,
         onehot = (cols[None, :] == j[:, None]).to(tl.float32)
         loss += tl.where(active, w * (lse - zj), 0.0)
         g += w[:, None] * (prob - onehot)
+        n_act += active.to(tl.int32)
     tl.store(loss_ptr + rows, loss, mask=row_ok)
+    # A row without a class loss does not read its class logits: 0, even where they are NaN
+    # (w = 0 there, but 0·NaN is NaN). Rows with an active set that read a NaN are NaN anyway.
+    g = tl.where((n_act > 0)[:, None], g, 0.0)
     grow = grad_ptr + rows64 * CT
     out_ty = grad_ptr.dtype.element_ty
     tl.store(grow[:, None] + cols[None, :], g.to(out_ty), mask=mask)
@@ -191,6 +196,7 @@ def _seesaw_fwd_looped(x_ptr, stride_x, labels_ptr, w_ptr, ow_ptr, logn_ptr,
     tl.store(loss_ptr + row64, tl.sum(tl.where(active, w * (lse - zj), 0.0), 0))
 
     # pass 3: the gradient Σ_s w_s·(softmax(z'_s) − onehot_s)
+    any_active = tl.max(active.to(tl.int32), 0) > 0
     grow = grad_ptr + row64 * CT
     out_ty = grad_ptr.dtype.element_ty
     for start in range(0, C, BLOCK_C):
@@ -205,6 +211,7 @@ def _seesaw_fwd_looped(x_ptr, stride_x, labels_ptr, w_ptr, ow_ptr, logn_ptr,
         prob = tl.exp(z3 - lse[:, None])
         onehot = (cols3[None, :] == j[:, None]).to(tl.float32)
         g = tl.sum(w[:, None] * (prob - onehot), 0)
+        g = tl.where(any_active, g, 0.0)  # no class loss: 0 even for NaN logits (see the resident kernel)
         tl.store(grow + cols3, g.to(out_ty), mask=ok3)
 
     # objectness: the last 2 columns [fg, bg]
