@@ -36,8 +36,10 @@ _import_errors: Dict[str, str] = {}
 _default = os.environ.get("LOSSMIX_EXT_BACKEND", "auto").strip().lower() or "auto"
 
 
-class BackendUnavailableError(RuntimeError):
-    """Raised when the requested backend cannot run the op on the given device."""
+class BackendUnavailableError(RuntimeError, ValueError):
+    """Raised when the requested backend cannot run the op on the given device, or is no
+    backend at all. A ``RuntimeError`` (as before) and a ``ValueError`` (a bad ``backend=``
+    argument); raised before any state (a counts buffer) changes."""
 
 
 def register_kernel(op: str, backend: str) -> Callable[[Callable], Callable]:
@@ -89,6 +91,14 @@ def unavailable_reason(name: str, device_type: str, op: Optional[str] = None) ->
     return None
 
 
+def _device(device, name: str = "device") -> torch.device:
+    try:
+        return torch.device(device)
+    except (RuntimeError, TypeError, ValueError):
+        raise ValueError(f"{name} must be a torch.device, a device string such as 'cpu' or 'cuda:0', or None, "
+                         f"got {device!r}") from None
+
+
 def available_backends(device: Optional[torch.device | str] = None, op: Optional[str] = None) -> List[str]:
     """Names of the backends usable for tensors on ``device`` (and implementing ``op``, e.g.
     ``"seesaw_fwd"``, if given).
@@ -96,7 +106,7 @@ def available_backends(device: Optional[torch.device | str] = None, op: Optional
     Without ``device``: the backends usable on at least one device type of this machine.
     """
     if device is not None:
-        types = [torch.device(device).type]
+        types = [_device(device).type]
     else:
         types = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
     return [b for b in BACKENDS if any(unavailable_reason(b, t, op) is None for t in types)]
@@ -106,13 +116,15 @@ def backend_status(device: Optional[torch.device | str] = None) -> Dict[str, str
     """``{backend: "available" or the reason it is not}`` for ``device`` (default: CUDA if present, else CPU)."""
     if device is None:
         device = "cuda" if torch.cuda.is_available() else "cpu"
-    t = torch.device(device).type
+    t = _device(device).type
     return {b: (unavailable_reason(b, t) or "available") for b in BACKENDS}
 
 
 def set_default_backend(name: str) -> str:
     """Set the process-wide backend (``"auto"`` or a backend name); returns the previous one."""
     global _default
+    if not isinstance(name, str):
+        raise TypeError(f"backend must be a string ('auto' or one of {BACKENDS}), got {type(name).__name__}")
     name = name.strip().lower()
     if name != "auto" and name not in BACKENDS:
         raise ValueError(f"backend must be 'auto' or one of {BACKENDS}, got {name!r}")
@@ -126,7 +138,7 @@ def _resolve(op: str, backend: Optional[str], device_type: str) -> str:
     if name != "auto":
         reason = unavailable_reason(name, device_type, op)
         if reason is not None:
-            raise BackendUnavailableError(f"backend {name!r} cannot run {op} on {device_type}: {reason}")
+            raise BackendUnavailableError(f"backend={name!r} cannot run {op} on {device_type}: {reason}")
         return name
     for cand in AUTO_ORDER.get(device_type, _DEFAULT_ORDER):
         if unavailable_reason(cand, device_type, op) is None:

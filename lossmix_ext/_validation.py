@@ -76,6 +76,18 @@ def validation(mode: str) -> Iterator[None]:
         set_validation(prev)
 
 
+class LossMixAssertionError(ValueError, AssertionError):
+    """A bad argument where mmdetection / mmpretrain ``assert``: both a ``ValueError`` and an
+    ``AssertionError``, so code written against either framework (``except AssertionError``,
+    ``pytest.raises(AssertionError)``) keeps working, and so does ``except ValueError``."""
+
+
+def assert_arg(cond: bool, msg: str) -> None:
+    """Raise :class:`LossMixAssertionError` with ``msg`` unless ``cond``."""
+    if not cond:
+        raise LossMixAssertionError(msg)
+
+
 # --------------------------------------------------------------------------- metadata
 def tensor(x, name: str) -> Tensor:
     if not isinstance(x, Tensor):
@@ -176,15 +188,16 @@ def _check(bad: Tensor, msg: str) -> None:
         torch._assert_async(~bad, msg)
 
 
-def labels_in_range(labels: Tensor, name: str, num_classes: int, ignore_index: Optional[int] = None) -> None:
-    """Every label in [0, num_classes) or equal to ``ignore_index``."""
+def labels_in_range(labels: Tensor, name: str, num_classes: int, ignore_index: Optional[int] = None,
+                    detail: str = "") -> None:
+    """Every label in [0, num_classes) or equal to ``ignore_index``; ``detail`` ends the message."""
     if _mode == "off" or labels.numel() == 0:
         return
     bad = (labels < 0) | (labels >= num_classes)
     if ignore_index is not None:
         bad &= labels != ignore_index
     extra = f" or equal to ignore_index={ignore_index}" if ignore_index is not None else ""
-    _check(bad.any(), f"{name} must lie in [0, {num_classes}){extra}")
+    _check(bad.any(), f"{name} must lie in [0, {num_classes - 1}]{extra}{detail}")
 
 
 def finite(x: Tensor, name: str) -> None:
@@ -216,3 +229,104 @@ def involutive(index: Tensor, name: str) -> None:
     _check((index[index.long()] != ar).any(),
            f"{name} must pair samples (index[index[b]] == b for every b), e.g. pairing 'flip' or "
            "a random pairing of disjoint pairs")
+
+
+# --------------------------------------------------------------------------- more argument helpers
+# (metadata checks unless marked; value checks follow the validation mode like those above)
+from ._backend import BACKENDS as _BACKENDS, BackendUnavailableError as _BackendUnavailableError  # noqa: E402
+from ._backend import _device as _backend_device  # noqa: E402
+
+
+class UnknownBackendError(_BackendUnavailableError, ValueError):
+    """A backend name that is neither ``"auto"`` nor a known backend (checked before any work):
+    a ``ValueError`` and a :class:`BackendUnavailableError`, as ``resolve`` raises for it."""
+
+
+def backend_arg(backend, name: str = "backend") -> None:
+    """``None``, ``"auto"`` or a known backend name (any case / surrounding blanks)."""
+    if backend is None:
+        return
+    if not isinstance(backend, str):
+        raise TypeError(f"{name} must be a string or None, got {type(backend).__name__}")
+    if backend.strip().lower() not in ("auto",) + _BACKENDS:
+        raise UnknownBackendError(f"unknown backend {backend!r}: {name} must be None, 'auto' or one of {_BACKENDS}")
+
+
+def device_arg(device, name: str = "device") -> Optional[torch.device]:
+    """``None`` or whatever ``torch.device`` accepts, as a ``torch.device``."""
+    return None if device is None else _backend_device(device, name)
+
+
+def generator_arg(generator, name: str = "generator") -> None:
+    if generator is not None and not isinstance(generator, torch.Generator):
+        raise TypeError(f"{name} must be a torch.Generator or None, got {type(generator).__name__}")
+
+
+def real_arg(x, name: str) -> float:
+    """A finite Python (or numpy) real number — not a bool, a string or a tensor — as a float."""
+    if not isinstance(x, Real) or isinstance(x, bool):
+        raise TypeError(f"{name} must be a finite number, got {type(x).__name__} {x!r}")
+    if not math.isfinite(float(x)):
+        raise ValueError(f"{name} must be a finite number, got {x!r}")
+    return float(x)
+
+
+def int_arg(x, name: str, minimum: Optional[int] = None) -> int:
+    """A Python int (not a bool), ``>= minimum`` if given."""
+    if not isinstance(x, int) or isinstance(x, bool):
+        raise TypeError(f"{name} must be an int, got {type(x).__name__} {x!r}")
+    if minimum is not None and x < minimum:
+        raise ValueError(f"{name} must be an int >= {minimum}, got {x}")
+    return x
+
+
+def nonzero(x: Tensor, name: str) -> None:
+    """Value check: no element of ``x`` is 0 (a divisor)."""
+    if _mode == "off" or x.numel() == 0:
+        return
+    _check((x == 0).any(), f"{name} must not contain 0 (it divides; found a 0)")
+
+
+def first_label_set_out_of_range(label_sets, num_classes: int, ignore_index: Optional[int] = None,
+                                 background: bool = False) -> Optional[str]:
+    """Error path helper: the message for the first ``(name, labels)`` pair with a label outside
+    [0, num_classes) (or [0, num_classes] with ``background``, num_classes being the background
+    label) that is not ``ignore_index``, else None. Reads the labels on the host (a sync): call it
+    only once a check has already failed."""
+    hi = num_classes + 1 if background else num_classes
+    for name, labels in label_sets:
+        if labels.numel() == 0:
+            continue
+        bad = (labels < 0) | (labels >= hi)
+        if ignore_index is not None and not background:
+            bad &= labels != ignore_index
+        if bool(bad.any()):
+            return _labels_range_msg(name, num_classes, ignore_index, background)
+    return None
+
+
+def _labels_range_msg(name: str, num_classes: int, ignore_index: Optional[int], background: bool) -> str:
+    if background:
+        return f"{name} must lie in [0, {num_classes}] (num_classes={num_classes} is the background label)"
+    extra = f" or equal to ignore_index={ignore_index}" if ignore_index is not None else ""
+    return f"{name} must lie in [0, {num_classes - 1}]{extra}"
+
+
+def label_sets_in_range(labels: Tensor, names, num_classes: int, ignore_index: Optional[int] = None,
+                        background: bool = False) -> None:
+    """Value check of (S, N) stacked label sets, naming the offending set (``names[s]``) when
+    raising on the host; one device assert naming all sets otherwise. Same cost as one
+    :func:`labels_in_range` over the stacked labels."""
+    if _mode == "off" or labels.numel() == 0:
+        return
+    hi = num_classes + 1 if background else num_classes
+    bad = (labels < 0) | (labels >= hi)
+    if ignore_index is not None and not background:
+        bad &= labels != ignore_index
+    bad = bad.any()
+    if not torch.compiler.is_compiling() and (bad.device.type == "cpu" or _mode == "sync"):
+        if bool(bad):
+            _fail(first_label_set_out_of_range(zip(names, labels), num_classes, ignore_index, background)
+                  or f"{' / '.join(names)} out of range")
+        return
+    _check(bad, _labels_range_msg(" and ".join(names), num_classes, ignore_index, background))

@@ -3,10 +3,13 @@ label weights and the reduction divisor into per-row weights, and calls one regi
 
 No function here reads tensor data on the host (no ``.item()``, no boolean indexing) except
 ``SeesawLoss`` with ``reduction="none"``, whose class loss has mmdetection's data-dependent
-shape (one entry per positive row).
+shape (one entry per positive row), and the error path of a failed value check (to name the
+offending label set). Value checks added here (``std`` zeros) go through the validation mode.
 """
 from __future__ import annotations
 
+import math
+from numbers import Real
 from typing import Optional, Sequence, Tuple
 
 import torch
@@ -37,24 +40,77 @@ def _label_weights(label_weights, n: int, device, om) -> Tensor:
     return label_weights.to(om)
 
 
+def _avg_factor(avg_factor, device) -> None:
+    """``None``, a finite number, or a one-element real tensor (0-d, or (1,) on ``device``)."""
+    if avg_factor is None:
+        return
+    if isinstance(avg_factor, Tensor):
+        if avg_factor.dtype == torch.bool or avg_factor.is_complex():
+            raise TypeError(f"avg_factor must be a number or a real one-element tensor, got {avg_factor.dtype}")
+        if avg_factor.numel() != 1 or avg_factor.dim() > 1:
+            raise ValueError(f"avg_factor must be a number or a one-element tensor (0-d or (1,)), got shape "
+                             f"{tuple(avg_factor.shape)}")
+        if avg_factor.device != device and not (avg_factor.dim() == 0 and avg_factor.device.type == "cpu"):
+            raise ValueError(f"avg_factor is on {avg_factor.device} but the scores are on {device}")
+        return
+    V.real_arg(avg_factor, "avg_factor")
+
+
+def _flag(x, name: str) -> bool:
+    if not isinstance(x, bool):
+        raise TypeError(f"{name} must be True or False, got {type(x).__name__} {x!r}")
+    return x
+
+
 def _seesaw_common(cls_score, p, q, eps, reduction, avg_factor):
     V.float_tensor(cls_score, "cls_score", ndim=2)
+    if cls_score.shape[1] < 1:
+        raise ValueError(f"cls_score must have at least one class column, got shape {tuple(cls_score.shape)}")
     V.seesaw_params(p, q, eps)
     V.reduction(reduction, avg_factor)
+    _avg_factor(avg_factor, cls_score.device)
 
 
-def _seesaw_op(logits, labels, weights, obj_weights, counts, p, q, eps, ignore_index, backend, inplace_grad):
-    """Resolve the backend and run ``seesaw_fwd`` — or, with ``inplace_grad`` in eager mode when a
-    gradient is needed, its variant that stores the gradient over ``logits``."""
-    if inplace_grad and not torch.compiler.is_compiling() and torch.is_grad_enabled() and logits.requires_grad:
+def _naming_labels(call, label_sets, num_classes: int, ignore_index=None):
+    """Run ``call()`` (the op), whose value check sees the stacked label sets as one ``labels``.
+    When it raises a ValueError, the label sets are read (on the host, on this error path only)
+    and the error is raised again naming the offending set (``labels_a`` / ``labels_b``), so
+    the success path keeps a single range check. Under ``torch.compile``, and for device-side
+    asserts (GPU tensors in "auto" mode), the op's own message is what surfaces."""
+    if torch.compiler.is_compiling():
+        return call()
+    try:
+        return call()
+    except ValueError as exc:
+        msg = V.first_label_set_out_of_range(label_sets, num_classes, ignore_index)
+        if msg is None:
+            raise
+        raise ValueError(msg) from exc
+
+
+def _uses_inplace(logits: Tensor, inplace_grad: bool) -> bool:
+    return inplace_grad and not torch.compiler.is_compiling() and torch.is_grad_enabled() and logits.requires_grad
+
+
+def _seesaw_backend(logits: Tensor, backend: Optional[str], inplace_grad: bool) -> str:
+    """Check the ``inplace_grad`` preconditions and resolve the backend of :func:`_seesaw_op`."""
+    if _uses_inplace(logits, inplace_grad):
         if logits.is_leaf:
             raise ValueError("inplace_grad=True overwrites the scores, so they must come out of an op "
                              "(a leaf tensor that requires grad cannot be overwritten)")
         if not logits.is_contiguous():
             raise ValueError("inplace_grad=True needs contiguous scores")
-        name = _backend.resolve("seesaw_fwd_inplace", backend, logits.device)
+        return _backend.resolve("seesaw_fwd_inplace", backend, logits.device)
+    return _backend.resolve("seesaw_fwd", backend, logits.device)
+
+
+def _seesaw_op(logits, labels, weights, obj_weights, counts, p, q, eps, ignore_index, backend, inplace_grad,
+               resolved: bool = False):
+    """Run ``seesaw_fwd`` — or, with ``inplace_grad`` in eager mode when a gradient is needed, its
+    variant that stores the gradient over ``logits`` — resolving the backend unless ``resolved``."""
+    name = backend if resolved else _seesaw_backend(logits, backend, inplace_grad)
+    if _uses_inplace(logits, inplace_grad):
         return _ops.SeesawInplace.apply(logits, labels, weights, obj_weights, counts, p, q, eps, ignore_index, name)
-    name = _backend.resolve("seesaw_fwd", backend, logits.device)
     return _ops.seesaw_fwd(logits, labels, weights, obj_weights, counts, p, q, eps, ignore_index, name)
 
 
@@ -90,6 +146,8 @@ def seesaw_loss_mixed(cls_score: Tensor, labels_a: Tensor, labels_b: Tensor, lam
 def _seesaw_class_loss(cls_score, label_sets, lam, cum_samples, p, q, eps, label_weights, reduction,
                        avg_factor, backend, inplace_grad):
     _seesaw_common(cls_score, p, q, eps, reduction, avg_factor)
+    V.backend_arg(backend)
+    _flag(inplace_grad, "inplace_grad")
     n, c = cls_score.shape
     dev = cls_score.device
     names = ("labels",) if len(label_sets) == 1 else ("labels_a", "labels_b")
@@ -104,8 +162,11 @@ def _seesaw_class_loss(cls_score, label_sets, lam, cum_samples, p, q, eps, label
         lam = V.lam_vector(lam, n, dev).to(om)
         weights = torch.stack([lam * lw, (1 - lam) * lw])
     labels = torch.stack([lab.long() for lab in label_sets])
-    rows, _, _ = _seesaw_op(cls_score, labels, weights, None, cum_samples, float(p), float(q), float(eps), None,
-                            backend, inplace_grad)
+    op_backend = _seesaw_backend(cls_score, backend, inplace_grad)
+    rows, _, _ = _naming_labels(
+        lambda: _seesaw_op(cls_score, labels, weights, None, cum_samples, float(p), float(q), float(eps), None,
+                           op_backend, inplace_grad, resolved=True),
+        list(zip(names, label_sets)), c)
     return _reduce_rows(rows, reduction)
 
 
@@ -120,11 +181,30 @@ def seesaw_module_loss(cls_score: Tensor, labels: Tensor, cum_samples: Tensor, n
     1−λ per row and reduced as the single-set loss would be (class ``mean`` over that set's
     positives), then added.
     """
+    return _seesaw_module_prepare(cls_score, labels, cum_samples, num_classes, p, q, eps, label_weights, reduction,
+                                  avg_factor, loss_weight, labels_b, lam, backend, inplace_grad)()
+
+
+def _module_arg_types(num_classes, cum_samples, loss_weight) -> None:
+    """The scalar / type checks that :func:`_seesaw_module_prepare` needs before it reads shapes."""
+    if not isinstance(num_classes, int) or isinstance(num_classes, bool) or num_classes < 1:
+        raise ValueError(f"num_classes must be a positive int, got {num_classes!r}")
+    V.tensor(cum_samples, "cum_samples")
+    V.real_arg(loss_weight, "loss_weight")
+
+
+def _seesaw_module_prepare(cls_score, labels, cum_samples, num_classes, p, q, eps, label_weights, reduction,
+                           avg_factor, loss_weight, labels_b, lam, backend, inplace_grad):
+    """Every check of :func:`seesaw_module_loss` (metadata, label range, finite counts, backend),
+    then a closure that runs the op. ``SeesawLoss`` updates its counts in between, so nothing
+    that can fail runs after the buffer changed. The op reads ``cum_samples`` when the closure
+    runs."""
+    _module_arg_types(num_classes, cum_samples, loss_weight)
     _seesaw_common(cls_score, p, q, eps, reduction, avg_factor)
     n, ct = cls_score.shape
     c = num_classes
     if ct != c + 2:
-        raise ValueError(f"cls_score must have num_classes + 2 = {c + 2} columns, got {ct}")
+        V.assert_arg(False, f"cls_score must have num_classes + 2 = {c + 2} columns, got {ct}")
     dev = cls_score.device
     V.index_tensor(labels, "labels", n, dev)
     if cum_samples.dim() != 1 or cum_samples.shape[0] not in (c, c + 1):
@@ -135,30 +215,46 @@ def seesaw_module_loss(cls_score: Tensor, labels: Tensor, cum_samples: Tensor, n
     if labels_b is None:
         if lam is not None:
             raise ValueError("lam is given but labels_b is None; pass both for LossMix, or neither")
-        sets = [(labels, None)]
+        sets = [(labels, None, "labels")]
     else:
         if lam is None:
             raise ValueError("labels_b is given but lam is None; pass both for LossMix, or neither")
         V.index_tensor(labels_b, "labels_b", n, dev)
         lam = V.lam_vector(lam, n, dev).to(om)
-        sets = [(labels, lam), (labels_b, 1 - lam)]
+        sets = [(labels, lam, "labels"), (labels_b, 1 - lam, "labels_b")]
+    for lab, _, name in sets:
+        V.labels_in_range(lab, name, c + 1, detail=f" (num_classes={c} is the background label)")
+    if p > 0:
+        V.finite(cum_samples, "cum_samples")
+    if not isinstance(inplace_grad, bool):
+        raise TypeError(f"inplace_grad must be a bool, got {type(inplace_grad).__name__}")
+    op_backend = _seesaw_backend(cls_score, backend, inplace_grad)
     cls_w, obj_w = [], []
     obj_div = _divisor(reduction, avg_factor, n)
     lw = lw * loss_weight  # in the per-row weights, so a plain backward scales the gradient by 1 (skipped)
-    for lab, lam_s in sets:
+    for lab, lam_s, _ in sets:
         w = lw if lam_s is None else lw * lam_s
         pos = (lab < c).to(om)
         cls_div = _divisor(reduction, avg_factor, pos.sum().clamp(min=1))
         cls_w.append(w * pos / cls_div)
         obj_w.append(w / obj_div)
-    labels_all = torch.stack([lab.long() for lab, _ in sets])
-    cls_rows, obj_rows, _ = _seesaw_op(cls_score, labels_all, torch.stack(cls_w), torch.stack(obj_w),
-                                       cum_samples[:c], float(p), float(q), float(eps), c, backend, inplace_grad)
-    loss_obj = _reduce_rows(obj_rows, reduction)
-    loss_cls = _reduce_rows(cls_rows, reduction)
-    if reduction == "none" and labels_b is None:
-        loss_cls = loss_cls[labels < c]  # mmdetection's shape: one entry per positive row (host sync)
-    return loss_obj, loss_cls
+    labels_all = torch.stack([lab.long() for lab, _, _ in sets])
+    cls_w, obj_w = torch.stack(cls_w), torch.stack(obj_w)
+
+    def run() -> Tuple[Tensor, Tensor]:
+        cls_rows, obj_rows, _ = _seesaw_op(cls_score, labels_all, cls_w, obj_w, cum_samples[:c], float(p), float(q),
+                                           float(eps), c, op_backend, inplace_grad, resolved=True)
+        loss_obj = _reduce_rows(obj_rows, reduction)
+        loss_cls = _reduce_rows(cls_rows, reduction)
+        if reduction == "none" and labels_b is None:
+            # mmdetection's shape: one entry per positive row (a host sync), and with no positive
+            # row a 0-d zero (its `cls_score_classes[pos_inds].sum()`)
+            loss_cls = loss_cls[labels < c]
+            if loss_cls.numel() == 0:
+                loss_cls = loss_cls.sum()
+        return loss_obj, loss_cls
+
+    return run
 
 
 def mixed_cross_entropy(logits: Tensor, labels_a: Tensor, labels_b: Tensor, lam, *,
@@ -171,14 +267,26 @@ def mixed_cross_entropy(logits: Tensor, labels_a: Tensor, labels_b: Tensor, lam,
     ``λ·F.cross_entropy(x, y_a) + (1−λ)·F.cross_entropy(x, y_b)``. With ``avg_factor``:
     ``sum / (avg_factor + float32 eps)``. ``label_weights`` multiply rows (not the divisor).
     """
+    return _mixed_cross_entropy(logits, labels_a, labels_b, lam, label_weights, ignore_index, reduction, avg_factor,
+                                backend, inplace_grad)
+
+
+def _mixed_cross_entropy(logits, labels_a, labels_b, lam, label_weights, ignore_index, reduction, avg_factor,
+                         backend, inplace_grad, names: Tuple[str, str] = ("labels_a", "labels_b")) -> Tensor:
+    """:func:`mixed_cross_entropy`, naming the label sets ``names`` in its errors."""
     V.float_tensor(logits, "logits", ndim=2)
+    if logits.shape[1] < 1:
+        raise ValueError(f"logits must have at least one class column, got shape {tuple(logits.shape)}")
     V.reduction(reduction, avg_factor)
+    _avg_factor(avg_factor, logits.device)
+    V.backend_arg(backend)
+    _flag(inplace_grad, "inplace_grad")
     if not isinstance(ignore_index, int) or isinstance(ignore_index, bool):
         raise TypeError(f"ignore_index must be an int, got {type(ignore_index).__name__}")
     n, c = logits.shape
     dev = logits.device
-    V.index_tensor(labels_a, "labels_a", n, dev)
-    V.index_tensor(labels_b, "labels_b", n, dev)
+    V.index_tensor(labels_a, names[0], n, dev)
+    V.index_tensor(labels_b, names[1], n, dev)
     om = _ops.opmath_dtype(logits.dtype)
     lw = _label_weights(label_weights, n, dev, om)
     lam = V.lam_vector(lam, n, dev).to(om)
@@ -187,9 +295,87 @@ def mixed_cross_entropy(logits: Tensor, labels_a: Tensor, labels_b: Tensor, lam,
         valid = (lab != ignore_index).to(om)
         weights.append(lam_s * lw * valid / _divisor(reduction, avg_factor, valid.sum()))
     labels = torch.stack([labels_a.long(), labels_b.long()])
-    rows, _, _ = _seesaw_op(logits, labels, torch.stack(weights), None, None, 0.0, 0.0, 1.0, int(ignore_index),
-                            backend, inplace_grad)
+    op_backend = _seesaw_backend(logits, backend, inplace_grad)
+    rows, _, _ = _naming_labels(
+        lambda: _seesaw_op(logits, labels, torch.stack(weights), None, None, 0.0, 0.0, 1.0, int(ignore_index),
+                           op_backend, inplace_grad, resolved=True),
+        list(zip(names, (labels_a, labels_b))), c, ignore_index)
     return _reduce_rows(rows, reduction)
+
+
+def _image_batch(images, name: str = "images", *, floating_only: bool = False) -> Tensor:
+    """``images``: a batch of B >= 1 images with C >= 1 channels and two or more spatial dims."""
+    V.tensor(images, name)
+    if floating_only:
+        V.float_tensor(images, name)
+    elif not (images.dtype.is_floating_point or images.dtype == torch.uint8):
+        raise TypeError(f"{name} must be floating point or uint8, got {images.dtype}")
+    if images.dim() < 4 or images.shape[0] < 1 or images.shape[1] < 1:
+        raise ValueError(f"{name} must be a batch of images (B, C, H, W) (or (B, C, *spatial) with two or more "
+                         f"spatial dims, e.g. video (B, C, T, H, W)) with B >= 1 samples and C >= 1 channels, "
+                         f"got shape {tuple(images.shape)}")
+    return images
+
+
+def _inplace_images(images, name: str = "images") -> Tensor:
+    """What :func:`mix_images_` needs of the batch it overwrites (metadata only)."""
+    _image_batch(images, name, floating_only=True)
+    if torch.is_grad_enabled() and images.requires_grad:
+        raise ValueError(f"{name} requires grad, but mix_images_ overwrites it and is not differentiable: use "
+                         "mix_images (out of place), or mix under torch.no_grad()")
+    has_overlap = getattr(torch, "_debug_has_internal_overlap", None)
+    if has_overlap is not None and not torch.compiler.is_compiling() and has_overlap(images) == 1:
+        raise ValueError(f"{name} has elements that share memory (an expanded view, strides "
+                         f"{tuple(images.stride())}): mix_images_ cannot write it in place; pass {name}.clone()")
+    return images
+
+
+def _per_channel_values(v, name: str, channels: Optional[int] = None) -> list:
+    """``mean`` / ``std`` given as a Python sequence: finite numbers (``std`` without zeros), as
+    floats, checked on the host; ``channels`` of them when given."""
+    want = f"{channels} numbers" if channels is not None else "numbers"
+    if isinstance(v, (str, bytes)) or not hasattr(v, "__len__") or not hasattr(v, "__iter__"):
+        raise TypeError(f"{name} must be a sequence of {want} (one per channel) or a 1-D tensor, got "
+                        f"{type(v).__name__} {v!r}")
+    vals = list(v)
+    if any(not isinstance(x, Real) or isinstance(x, bool) for x in vals):
+        raise TypeError(f"{name} must be a sequence of {want} (one per channel), got {v!r}")
+    if channels is not None and len(vals) != channels:
+        raise ValueError(f"{name} must have one value per channel, shape ({channels},), got {len(vals)} values")
+    if not all(math.isfinite(float(x)) for x in vals):
+        raise ValueError(f"{name} must be finite, got {v!r}")
+    if name == "std" and any(float(x) == 0.0 for x in vals):
+        raise ValueError(f"std must not contain 0 (it divides), got {v!r}")
+    return [float(x) for x in vals]
+
+
+def _per_channel(v, name: str, channels: int, device, om) -> Optional[Tensor]:
+    """``mean`` / ``std``: a sequence of C numbers (checked on the host) or a (C,) floating tensor on
+    the images' device (``std``'s zeros: a value check, following the validation mode)."""
+    if v is None:
+        return None
+    if isinstance(v, Tensor):
+        V.float_tensor(v, name)
+        V.same_device(v, name, device)
+        if v.shape != (channels,):
+            raise ValueError(f"{name} must have one value per channel, shape ({channels},), got {tuple(v.shape)}")
+        if name == "std":
+            V.nonzero(v, name)
+        return v.to(om).contiguous()
+    vals = _per_channel_values(v, name, channels)
+    # float32 values (as documented for the op), computed with in opmath
+    return torch.tensor(vals, dtype=torch.float32, device=device).to(om)
+
+
+def _scale(scale, images_dtype) -> float:
+    if scale is None:
+        return 1.0 / 255.0 if images_dtype == torch.uint8 else 1.0
+    return V.real_arg(scale, "scale")
+
+
+def _out_dtype(out_dtype) -> None:
+    if out_dtype is not None and (not isinstance(out_dtype, torch.dtype) or out_dtype not in V.FLOAT_DTYPES):
+        raise TypeError(f"out_dtype must be a floating torch.dtype or None, got {out_dtype!r}")
 
 
 def mix_images(images: Tensor, lam, index: Tensor, *, boxes: Optional[Tensor] = None,
@@ -200,65 +386,53 @@ def mix_images(images: Tensor, lam, index: Tensor, *, boxes: Optional[Tensor] = 
     ``out[b] = λ[b]·v(x[b]) + (1−λ[b])·v(x[index[b]])``, and ``v(x[index[b]])`` inside CutMix box b,
     with ``v(x) = (x·scale − mean[c]) / std[c]`` (identity by default).
 
-    ``images`` (B, ...) floating or uint8 ((B, C, H, W), NCHW or channels_last, when ``boxes``,
-    ``mean`` or ``std`` are used); ``lam`` a number, 0-d or (B,) in [0, 1]; ``index`` (B,) int64
-    in [0, B), any vector; ``boxes`` (B, 4) int64 (y0, x0, y1, x1), half-open; ``scale`` defaults
-    to 1/255 for uint8 images and 1 otherwise; ``out_dtype`` defaults to the images' dtype
-    (float32 for uint8). The result is a new tensor in the images' memory format.
+    ``images`` (B, C, H, W) floating or uint8, NCHW or channels_last — or (B, C, *spatial) with
+    two or more spatial dims (e.g. video) without ``boxes``, ``mean`` and ``std`` — with B >= 1
+    and C >= 1 (a single (C, H, W) image is rejected, not mixed along its channels); ``lam`` a
+    number, 0-d or (B,) in [0, 1]; ``index`` (B,) int64 in [0, B), any vector; ``boxes`` (B, 4)
+    int64 (y0, x0, y1, x1), half-open; ``mean`` / ``std`` C numbers or (C,) tensors on the
+    images' device, ``std`` without zeros; ``scale`` a number, by default 1/255 for uint8 images
+    and 1 otherwise; ``out_dtype`` defaults to the images' dtype (float32 for uint8). The result
+    is a new tensor in the images' memory format.
     Differentiable w.r.t. floating ``images`` (repeated indices accumulate).
     """
-    V.tensor(images, "images")
-    if not (images.dtype.is_floating_point or images.dtype == torch.uint8):
-        raise TypeError(f"images must be floating point or uint8, got {images.dtype}")
-    if images.dim() < 1:
-        raise ValueError("images must have a batch dimension")
+    _image_batch(images)
     b = images.shape[0]
     dev = images.device
     V.index_tensor(index, "index", b, dev)
     om = _ops.opmath_dtype(images.dtype)
     lam = V.lam_vector(lam, b, dev).to(om).contiguous()
-    if out_dtype is not None and out_dtype not in V.FLOAT_DTYPES:
-        raise TypeError(f"out_dtype must be a floating dtype, got {out_dtype}")
-    if scale is None:
-        scale = 1.0 / 255.0 if images.dtype == torch.uint8 else 1.0
-    per_channel = []
-    for name, v in (("mean", mean), ("std", std)):
-        if v is not None:
-            if images.dim() != 4:
-                raise ValueError(f"{name} needs (B, C, H, W) images, got shape {tuple(images.shape)}")
-            v = torch.as_tensor(v, dtype=torch.float32, device=dev) if not isinstance(v, Tensor) else v
-            V.float_tensor(v, name)
-            V.same_device(v, name, dev)
-            if v.shape != (images.shape[1],):
-                raise ValueError(f"{name} must have one value per channel, shape ({images.shape[1]},), "
-                                 f"got {tuple(v.shape)}")
-            v = v.to(om).contiguous()
-        per_channel.append(v)
+    _out_dtype(out_dtype)
+    scale = _scale(scale, images.dtype)
+    for name, v in (("mean", mean), ("std", std), ("boxes", boxes)):
+        if v is not None and images.dim() != 4:
+            raise ValueError(f"{name} needs (B, C, H, W) images, got shape {tuple(images.shape)}")
+    per_channel = [_per_channel(v, name, images.shape[1], dev, om) for name, v in (("mean", mean), ("std", std))]
     if boxes is not None:
         V.tensor(boxes, "boxes")
-        if images.dim() != 4:
-            raise ValueError(f"boxes need (B, C, H, W) images, got shape {tuple(images.shape)}")
         if boxes.dtype not in V.INDEX_DTYPES or boxes.shape != (b, 4):
             raise ValueError(f"boxes must be an int64 tensor of shape ({b}, 4), got {boxes.dtype} {tuple(boxes.shape)}")
         V.same_device(boxes, "boxes", dev)
         boxes = boxes.long().contiguous()
+    V.backend_arg(backend)
     name = _backend.resolve("mix_images", backend, dev)
     return _ops.mix_images(images, lam, index.long().contiguous(), boxes, per_channel[0], per_channel[1],
-                           float(scale), out_dtype, name)
+                           scale, out_dtype, name)
 
 
 def mix_images_(images: Tensor, lam, index: Tensor, *, backend: Optional[str] = None) -> Tensor:
     """In-place mixup for a pairing that is its own inverse (``index[index[b]] == b``: pairing
     ``"flip"``, or ``sample_mix(..., pairing="pairs")``): both members of each pair are mixed
-    from one read of each, ``x[b] ← λ[b]·x[b] + (1−λ[b])·x[index[b]]``. Returns ``images``.
-    Not differentiable (meant for input batches)."""
-    V.float_tensor(images, "images")
-    if images.dim() < 1:
-        raise ValueError("images must have a batch dimension")
+    from one read of each, ``x[b] ← λ[b]·x[b] + (1−λ[b])·x[index[b]]``. Returns ``images``
+    (floating, shaped as for :func:`mix_images`; not an expanded view whose elements share memory).
+    Not differentiable (meant for input batches): ``images`` must not require grad while grad
+    mode is on. Every check runs before ``images`` is written."""
+    _inplace_images(images)
     b = images.shape[0]
     dev = images.device
     V.index_tensor(index, "index", b, dev)
     lam = V.lam_vector(lam, b, dev).to(_ops.opmath_dtype(images.dtype)).contiguous()
+    V.backend_arg(backend)
     name = _backend.resolve("mix_images_", backend, dev)
     _ops.mix_images_(images, lam, index.long().contiguous(), name)
     return images
@@ -267,7 +441,8 @@ def mix_images_(images: Tensor, lam, index: Tensor, *, backend: Optional[str] = 
 def lossmix_reduce(loss_a: Tensor, loss_b: Tensor, lam, *, weights: Optional[Tensor] = None,
                    reduction: str = "mean", avg_factor=None) -> Tensor:
     """Per-sample ``λ·loss_a + (1−λ)·loss_b`` (λ (B,) broadcast over trailing dims), times
-    ``weights``, reduced (``mean`` over all elements, or ``sum / (avg_factor + eps)``)."""
+    ``weights`` (broadcastable to the losses' shape), reduced (``mean`` over all elements, or
+    ``sum / (avg_factor + eps)``)."""
     V.float_tensor(loss_a, "loss_a")
     V.float_tensor(loss_b, "loss_b")
     if loss_a.shape != loss_b.shape:
@@ -277,17 +452,21 @@ def lossmix_reduce(loss_a: Tensor, loss_b: Tensor, lam, *, weights: Optional[Ten
         raise ValueError("loss_a and loss_b must be per-sample losses with a batch dimension, got 0-d")
     V.same_device(loss_b, "loss_b", loss_a.device)
     V.reduction(reduction, avg_factor)
-    lam = V.lam_vector(lam, loss_a.shape[0], loss_a.device)
-    lam = lam.to(loss_a.dtype).view(-1, *([1] * (loss_a.dim() - 1)))
-    loss = lam * loss_a + (1 - lam) * loss_b
+    _avg_factor(avg_factor, loss_a.device)
     if weights is not None:
         V.float_tensor(weights, "weights")
         V.same_device(weights, "weights", loss_a.device)
         try:
-            torch.broadcast_shapes(weights.shape, loss.shape)
+            ok = torch.broadcast_shapes(weights.shape, loss_a.shape) == loss_a.shape
         except RuntimeError:
+            ok = False
+        if not ok:
             raise ValueError(f"weights of shape {tuple(weights.shape)} do not broadcast to the losses' "
-                             f"shape {tuple(loss.shape)}") from None
+                             f"shape {tuple(loss_a.shape)}")
+    lam = V.lam_vector(lam, loss_a.shape[0], loss_a.device)
+    lam = lam.to(loss_a.dtype).view(-1, *([1] * (loss_a.dim() - 1)))
+    loss = lam * loss_a + (1 - lam) * loss_b
+    if weights is not None:
         loss = loss * weights
     if reduction == "none":
         return loss
@@ -299,6 +478,11 @@ def lossmix_reduce(loss_a: Tensor, loss_b: Tensor, lam, *, weights: Optional[Ten
 _PAIRINGS = ("random", "flip", "roll", "pairs")
 
 
+def _beta_alpha(alpha) -> None:
+    if not isinstance(alpha, Real) or isinstance(alpha, bool) or not (math.isfinite(float(alpha)) and alpha > 0):
+        raise ValueError(f"alpha must be a finite number > 0, got {alpha!r}")
+
+
 def sample_beta(shape: Sequence[int], alpha: float, *, generator: Optional[torch.Generator] = None,
                 device=None, dtype: torch.dtype = torch.float32) -> Tensor:
     """Symmetric Beta(α, α) samples drawn on ``device`` from ``generator``, with no host sync.
@@ -307,7 +491,20 @@ def sample_beta(shape: Sequence[int], alpha: float, *, generator: Optional[torch
     chance that all are rejected is below 1e-20); Gamma(a) for a < 1 via Gamma(a+1)·U^(1/a),
     kept in log space so that tiny α does not underflow to 0/0.
     """
+    if isinstance(shape, (str, bytes)) or not hasattr(shape, "__iter__"):
+        raise TypeError(f"shape must be a sequence of ints, got {type(shape).__name__} {shape!r}")
     shape = tuple(shape)
+    if any(not isinstance(s, int) or isinstance(s, bool) or s < 0 for s in shape):
+        raise ValueError(f"shape must be a sequence of non-negative ints, got {shape!r}")
+    _beta_alpha(alpha)
+    V.generator_arg(generator)
+    device = V.device_arg(device)
+    if device is None and generator is not None:
+        device = generator.device
+    if generator is not None and device is not None and generator.device.type != device.type:
+        raise ValueError(f"generator is on {generator.device} but device is {device}")
+    if not isinstance(dtype, torch.dtype) or dtype not in V.FLOAT_DTYPES:
+        raise TypeError(f"dtype must be a floating torch.dtype, got {dtype!r}")
     n = 1
     for s in shape:
         n *= s
@@ -348,13 +545,13 @@ def sample_mix(batch_size: int, alpha: float = 1.0, *, per_sample: bool = True, 
     """
     if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
         raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
-    if not (isinstance(alpha, (int, float)) and alpha > 0 and alpha == alpha and alpha != float("inf")):
-        raise ValueError(f"alpha must be a finite number > 0, got {alpha!r}")
-    if pairing not in _PAIRINGS:
+    _beta_alpha(alpha)
+    if not isinstance(pairing, str) or pairing not in _PAIRINGS:
         raise ValueError(f"pairing must be one of {_PAIRINGS}, got {pairing!r}")
+    V.generator_arg(generator)
+    device = V.device_arg(device)
     if device is None:
         device = generator.device if generator is not None else torch.device("cpu")
-    device = torch.device(device)
     if generator is not None and generator.device.type != device.type:
         raise ValueError(f"generator is on {generator.device} but device is {device}")
     lam = sample_beta((batch_size if per_sample else 1,), alpha, generator=generator, device=device)

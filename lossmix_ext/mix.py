@@ -29,8 +29,9 @@ import torch
 from torch import Tensor
 
 from . import _validation as V
-from .functional import _PAIRINGS, lossmix_reduce, mix_images, mix_images_, mixed_cross_entropy, sample_beta, \
-    sample_mix
+from .functional import (_PAIRINGS, _image_batch, _inplace_images, _mixed_cross_entropy, _out_dtype,
+                         _per_channel_values, lossmix_reduce,
+                         mix_images, mix_images_, sample_beta, sample_mix)
 
 __all__ = ["LossMix", "MixPlan", "cutmix_boxes", "mix_detection", "DetectionMix", "domain_mix_plans",
            "DomainMixPlan", "index_targets"]
@@ -48,6 +49,54 @@ def index_targets(targets: Any, index: Tensor) -> Any:
         picked = [targets[i] for i in index.tolist()]
         return type(targets)(picked) if isinstance(targets, tuple) else picked
     raise TypeError(f"targets must be a tensor, a list/tuple or a dict of those, got {type(targets).__name__}")
+
+
+def _check_batch(targets: Any, n: int, name: str, what: str = "the plan's batch size") -> None:
+    """``targets`` holds one entry per sample: a tensor with ``n`` rows, a list/tuple of ``n``
+    items, or a dict of those (metadata only)."""
+    if isinstance(targets, Tensor):
+        if targets.dim() < 1 or targets.shape[0] != n:
+            raise ValueError(f"{name} must have {n} samples along dim 0 ({what}), got shape {tuple(targets.shape)}")
+    elif isinstance(targets, dict):
+        for k, v in targets.items():
+            _check_batch(v, n, f"{name}[{k!r}]", what)
+    elif isinstance(targets, (list, tuple)):
+        if len(targets) != n:
+            raise ValueError(f"{name} must have {n} entries (one per sample, {what}), got {len(targets)}")
+    else:
+        raise TypeError(f"{name} must be a tensor, a list/tuple or a dict of those, got {type(targets).__name__}")
+
+
+def _check_partners(targets: Any, index: Tensor, name: str) -> None:
+    """Every partner ``index[b]`` is a sample of ``targets`` (for plans that do not record the
+    partner batch's size): a value check on the index (following the validation mode) for
+    tensors, a host check for lists (``index_targets`` reads the index on the host for those)."""
+    if isinstance(targets, Tensor):
+        if targets.dim() < 1:
+            raise ValueError(f"{name} must have a batch dimension, got a 0-d tensor")
+        n = targets.shape[0]
+        if index.numel():
+            V._check(((index < 0) | (index >= n)).any(),
+                     f"{name} has {n} samples, fewer than the plan's partner index refers to")
+    elif isinstance(targets, dict):
+        for k, v in targets.items():
+            _check_partners(v, index, f"{name}[{k!r}]")
+    elif isinstance(targets, (list, tuple)):
+        if any(not 0 <= j < len(targets) for j in index.tolist()):
+            raise ValueError(f"{name} has {len(targets)} entries, fewer than the plan's partner index refers to")
+    else:
+        raise TypeError(f"{name} must be a tensor, a list/tuple or a dict of those, got {type(targets).__name__}")
+
+
+def _per_channel_arg(v, name: str) -> None:
+    """``mean`` / ``std`` of :class:`LossMix`, checked as far as possible without the images:
+    a sequence of finite numbers (``std`` without zeros) or a 1-D floating tensor."""
+    if v is None:
+        return
+    if isinstance(v, Tensor):
+        V.float_tensor(v, name, ndim=1)
+        return
+    _per_channel_values(v, name)
 
 
 def _unit(x, name: str) -> float:
@@ -111,7 +160,8 @@ class MixPlan:
 
     def apply(self, images: Tensor, *, mean=None, std=None, scale: Optional[float] = None,
               out_dtype: Optional[torch.dtype] = None, backend: Optional[str] = None) -> Tensor:
-        """Mix ``images`` (B, ...) with this plan in one pass (see :func:`lossmix_ext.mix_images`)."""
+        """Mix ``images`` (B, C, H, W) with this plan in one pass (see :func:`lossmix_ext.mix_images`)."""
+        V.tensor(images, "images")
         if images.dim() < 1 or images.shape[0] != len(self):
             raise ValueError(f"images must have {len(self)} samples (the plan's batch size), "
                              f"got shape {tuple(images.shape)}")
@@ -119,7 +169,9 @@ class MixPlan:
                           out_dtype=out_dtype, backend=backend)
 
     def targets_b(self, targets: Any) -> Any:
-        """The partners' targets, ``targets[index]`` (see :func:`index_targets`)."""
+        """The partners' targets, ``targets[index]`` (see :func:`index_targets`); ``targets`` has
+        one entry per sample of the plan."""
+        _check_batch(targets, len(self), "targets")
         return index_targets(targets, self.index)
 
     def mix_loss(self, loss_fn: Callable[[Any, Any], Tensor], outputs: Any, targets: Any, *,
@@ -129,16 +181,28 @@ class MixPlan:
 
         ``loss_fn`` must return per-sample losses (B,) or (B, ...) (e.g. ``reduction="none"``).
         """
+        if not callable(loss_fn):
+            raise TypeError(f"loss_fn must be callable, got {type(loss_fn).__name__}")
+        _check_batch(targets, len(self), "targets")
         loss_a = loss_fn(outputs, targets)
         loss_b = loss_fn(outputs, self.targets_b(targets))
         return lossmix_reduce(loss_a, loss_b, self.lam.to(loss_a.device), weights=weights, reduction=reduction,
                               avg_factor=avg_factor)
 
-    def cross_entropy(self, logits: Tensor, labels: Tensor, **kwargs) -> Tensor:
+    def cross_entropy(self, logits: Tensor, labels: Tensor, *, label_weights: Optional[Tensor] = None,
+                      ignore_index: int = -100, reduction: str = "mean", avg_factor=None,
+                      backend: Optional[str] = None, inplace_grad: bool = False) -> Tensor:
         """Fused ``λ·CE(logits, labels) + (1−λ)·CE(logits, labels[index])``
-        (:func:`lossmix_ext.mixed_cross_entropy`; keyword arguments are passed on)."""
-        V.tensor(labels, "labels")
-        return mixed_cross_entropy(logits, labels, self.targets_b(labels), self.lam.to(logits.device), **kwargs)
+        (:func:`lossmix_ext.mixed_cross_entropy`, whose keyword arguments these are).
+        ``logits`` (B, C) and ``labels`` (B,) for the plan's B samples."""
+        V.float_tensor(logits, "logits", ndim=2)
+        if logits.shape[0] != len(self):
+            raise ValueError(f"logits must have {len(self)} rows (the plan's batch size), got shape "
+                             f"{tuple(logits.shape)}")
+        V.index_tensor(labels, "labels", len(self), logits.device)
+        return _mixed_cross_entropy(logits, labels, self.targets_b(labels), self.lam.to(logits.device), label_weights,
+                                    ignore_index, reduction, avg_factor, backend, inplace_grad,
+                                    names=("labels", "labels (the partners', labels[index])"))
 
 
 # --------------------------------------------------------------------------- LossMix
@@ -163,8 +227,9 @@ class LossMix:
         generator: torch.Generator for every draw (on the images' device).
         backend: backend for the mixing op.
 
-    ``images, plan = mixer(images)`` mixes a (B, C, H, W) batch (NCHW or channels_last;
-    any (B, ...) batch without CutMix or normalisation). Nothing is read back to the host.
+    ``images, plan = mixer(images)`` mixes a (B, C, H, W) batch (NCHW or channels_last; a
+    (B, C, *spatial) batch with more spatial dims without CutMix or normalisation). Nothing is
+    read back to the host.
     """
 
     def __init__(self, alpha: float = 1.0, cutmix_alpha: float = 0.0, prob: float = 1.0, switch_prob: float = 0.5,
@@ -182,6 +247,14 @@ class LossMix:
             raise ValueError(f"pairing must be one of {_PAIRINGS}, got {pairing!r}")
         if generator is not None and not isinstance(generator, torch.Generator):
             raise TypeError(f"generator must be a torch.Generator or None, got {type(generator).__name__}")
+        _per_channel_arg(mean, "mean")
+        _per_channel_arg(std, "std")
+        if isinstance(std, Tensor):
+            V.nonzero(std, "std")
+        if scale is not None:
+            V.real_arg(scale, "scale")
+        _out_dtype(out_dtype)
+        V.backend_arg(backend)
         self.per_sample = bool(per_sample)
         self.pairing = pairing
         self.mean, self.std, self.scale, self.out_dtype = mean, std, scale, out_dtype
@@ -206,9 +279,14 @@ class LossMix:
         """Draw a plan for a batch of ``batch_size`` images of ``height × width`` (needed for
         CutMix) on ``device`` without touching any images."""
         g = self.generator
+        device = V.device_arg(device)
         if device is None:
             device = g.device if g is not None else torch.device("cpu")
-        device = torch.device(device)
+        if self.cutmix_alpha > 0:
+            if height is None or width is None:
+                raise ValueError("CutMix needs the image height and width")
+            V.int_arg(height, "height", 1)
+            V.int_arg(width, "width", 1)
         B = batch_size
         n = B if self.per_sample else 1
         lam_mix, index = sample_mix(B, self.alpha if self.alpha > 0 else 1.0, per_sample=self.per_sample,
@@ -221,8 +299,6 @@ class LossMix:
             applied = torch.ones((n,), dtype=torch.bool, device=device)
         boxes = None
         if self.cutmix_alpha > 0:
-            if height is None or width is None:
-                raise ValueError("CutMix needs the image height and width")
             if self.alpha > 0:
                 use_cut = torch.rand((n,), generator=g, device=device) < self.switch_prob
             else:
@@ -243,11 +319,24 @@ class LossMix:
         return MixPlan(lam=lam, index=index, boxes=boxes, pixel_lam=pixel_lam)
 
     def __call__(self, images: Tensor) -> Tuple[Tensor, MixPlan]:
+        # Every metadata check of the mixing runs before the plan is drawn (the generator advances).
         V.tensor(images, "images")
-        if images.dim() < 1 or images.shape[0] < 1:
-            raise ValueError(f"images must be a non-empty batch, got shape {tuple(images.shape)}")
         if self.cutmix_alpha > 0 and images.dim() != 4:
             raise ValueError(f"CutMix needs (B, C, H, W) images, got shape {tuple(images.shape)}")
+        if self.inplace:
+            _inplace_images(images)
+        else:
+            _image_batch(images)
+        for name, v in (("mean", self.mean), ("std", self.std)):
+            if v is None:
+                continue
+            if images.dim() != 4:
+                raise ValueError(f"{name} needs (B, C, H, W) images, got shape {tuple(images.shape)}")
+            got = tuple(v.shape) if isinstance(v, Tensor) else (len(v),)
+            if got != (images.shape[1],):
+                raise ValueError(f"{name} must have one value per channel, shape ({images.shape[1]},), got {got}")
+            if isinstance(v, Tensor):
+                V.same_device(v, name, images.device)
         h, w = (images.shape[-2], images.shape[-1]) if images.dim() == 4 else (None, None)
         plan = self.sample(images.shape[0], h, w, images.device)
         if self.inplace:
@@ -283,7 +372,9 @@ def _pad_masks(masks: Tensor, height: int, width: int) -> Tensor:
     return out
 
 
-def _weighted_target(t: Dict[str, Any], w: Tensor, height: int, width: int, name: str) -> Dict[str, Any]:
+def _check_target(t: Any, name: str, image_size: Tuple[int, int], image_name: str) -> None:
+    """A detection target: ``boxes`` (K, 4), ``labels`` (K,), optional ``masks`` (K, H, W) of its
+    image's size (metadata only)."""
     if not isinstance(t, dict) or "boxes" not in t or "labels" not in t:
         raise ValueError(f"{name} must be a dict with 'boxes' (K, 4) and 'labels' (K,)")
     boxes, labels = t["boxes"], t["labels"]
@@ -292,12 +383,21 @@ def _weighted_target(t: Dict[str, Any], w: Tensor, height: int, width: int, name
     if boxes.dim() != 2 or boxes.shape[1] != 4 or labels.shape != boxes.shape[:1]:
         raise ValueError(f"{name}: boxes must be (K, 4) and labels (K,), got {tuple(boxes.shape)} and "
                          f"{tuple(labels.shape)}")
-    out = dict(t)
     if t.get("masks") is not None:
         masks = t["masks"]
-        if masks.dim() != 3 or masks.shape[0] != boxes.shape[0]:
-            raise ValueError(f"{name}['masks'] must be (K, H, W) with K = {boxes.shape[0]}, got {tuple(masks.shape)}")
-        out["masks"] = _pad_masks(masks, height, width)
+        V.tensor(masks, f"{name}['masks']")
+        h, w = image_size
+        if masks.dim() != 3 or masks.shape[0] != boxes.shape[0] or tuple(masks.shape[1:]) != (h, w):
+            raise ValueError(f"{name}['masks'] must be (K, H, W) = ({boxes.shape[0]}, {h}, {w}) (K boxes, the size "
+                             f"of {image_name}), got {tuple(masks.shape)}")
+
+
+def _weighted_target(t: Dict[str, Any], w: Tensor, height: int, width: int) -> Dict[str, Any]:
+    """``t`` (checked by :func:`_check_target`) with masks padded to the canvas and per-instance weights."""
+    boxes = t["boxes"]
+    out = dict(t)
+    if t.get("masks") is not None:
+        out["masks"] = _pad_masks(t["masks"], height, width)
     out["weights"] = w.to(device=boxes.device, dtype=torch.float32).expand(boxes.shape[0]).clone()
     return out
 
@@ -326,9 +426,14 @@ def mix_detection(images: Sequence[Tensor], targets: Sequence[Dict[str, Any]], p
         raise ValueError(f"plan must be a MixPlan for {len(images)} samples")
     if plan.boxes is not None:
         raise ValueError("mix_detection needs a mixup plan without CutMix boxes (LossMix(cutmix_alpha=0))")
-    if not isinstance(size_divisible, int) or size_divisible < 1:
+    if not isinstance(size_divisible, int) or isinstance(size_divisible, bool) or size_divisible < 1:
         raise ValueError(f"size_divisible must be a positive int, got {size_divisible!r}")
     first = images[0]
+    V.tensor(first, "images[0]")
+    if first.dim() != 3 or first.shape[0] < 1:
+        raise ValueError(f"images[0] must be (C, H, W) with C >= 1, got {tuple(first.shape)}")
+    if not (first.dtype.is_floating_point or first.dtype == torch.uint8):
+        raise TypeError(f"images must be floating point or uint8, got {first.dtype} for images[0]")
     for i, im in enumerate(images):
         V.tensor(im, f"images[{i}]")
         if im.dim() != 3 or im.shape[0] != first.shape[0]:
@@ -337,6 +442,8 @@ def mix_detection(images: Sequence[Tensor], targets: Sequence[Dict[str, Any]], p
             raise ValueError(f"images[{i}] is {im.dtype} on {im.device}, images[0] is {first.dtype} on {first.device}")
     B = len(images)
     sizes = [(int(im.shape[1]), int(im.shape[2])) for im in images]
+    for b, t in enumerate(targets):
+        _check_target(t, f"targets[{b}]", sizes[b], f"images[{b}]")
     H = max(h for h, _ in sizes)
     W = max(w for _, w in sizes)
     H = -(-H // size_divisible) * size_divisible
@@ -348,10 +455,12 @@ def mix_detection(images: Sequence[Tensor], targets: Sequence[Dict[str, Any]], p
     mixed = mix_images(canvas, plan.pixel_lam.to(first.device), plan.index.to(first.device), scale=scale,
                        out_dtype=out_dtype, backend=backend)
     partners = plan.index.tolist()
+    if any(not 0 <= j < B for j in partners):  # already on the host: checked in every validation mode
+        raise ValueError(f"plan.index must lie in [0, {B - 1}] (partners among the {B} images), got {partners}")
     targets_a, targets_b, union, image_sizes = [], [], [], []
     for b, j in enumerate(partners):
-        ta = _weighted_target(targets[b], lam[b], H, W, f"targets[{b}]")
-        tb = _weighted_target(targets[j], 1.0 - lam[b], H, W, f"targets[{j}]")
+        ta = _weighted_target(targets[b], lam[b], H, W)
+        tb = _weighted_target(targets[j], 1.0 - lam[b], H, W)
         targets_a.append(ta)
         targets_b.append(tb)
         u = dict(ta)
@@ -380,6 +489,8 @@ class DomainMixPlan:
     ``labels_a`` / ``labels_b``: which targets supervise each side — ``"labels"`` (source
     ground truth), ``"pseudo"`` (the teacher's pseudo-labels on target images) or None (no
     supervised loss for that side: its pixels act as an unlabeled mixing partner).
+    ``n_b``: the size of batch ``b`` the partners were drawn from (None: not recorded; the
+    partner index is then checked against the batch given, as a value check).
     """
     a: str
     b: str
@@ -387,17 +498,36 @@ class DomainMixPlan:
     index: Tensor
     labels_a: str
     labels_b: Optional[str]
+    n_b: Optional[int] = None
+
+    def _n_b(self) -> Optional[int]:
+        return len(self.lam) if self.a == self.b else self.n_b
 
     def mix(self, images_a: Tensor, images_b: Optional[Tensor] = None, **kwargs) -> Tensor:
         """Mixed images (n_a, ...): ``λ·a + (1−λ)·b[index]`` (keyword arguments go to
         :func:`lossmix_ext.mix_images`: ``mean``, ``std``, ``scale``, ``out_dtype``, ``backend``).
-        ``images_b`` is needed when the two sides come from different batches."""
-        n_a = images_a.shape[0]
+        ``images_b`` is needed when the two sides come from different batches: the same image
+        size, dtype and number of samples as the batch the plan was drawn for."""
+        n_a = len(self.lam)
+        _image_batch(images_a, "images_a")
+        if images_a.shape[0] != n_a:
+            raise ValueError(f"images_a must have {n_a} samples (the plan's batch size), got shape "
+                             f"{tuple(images_a.shape)}")
         if self.a == self.b:
             return mix_images(images_a, self.lam, self.index, **kwargs)
         if images_b is None:
             raise ValueError(f"this plan mixes {self.a} with {self.b} images: pass images_b")
+        _image_batch(images_b, "images_b")
+        if images_b.shape[1:] != images_a.shape[1:] or images_b.dtype != images_a.dtype:
+            raise ValueError(f"images_b must have the image size and dtype of images_a, {tuple(images_a.shape[1:])} "
+                             f"{images_a.dtype}, got {tuple(images_b.shape[1:])} {images_b.dtype}")
         n_b = images_b.shape[0]
+        if self.n_b is not None and n_b != self.n_b:
+            raise ValueError(f"images_b must have {self.n_b} samples (the {self.b} batch the plan was drawn for), "
+                             f"got {n_b}")
+        if self.n_b is None and self.index.numel():
+            V._check(((self.index < 0) | (self.index >= n_b)).any(),
+                     f"images_b has {n_b} samples, fewer than the plan's partner index refers to")
         dev = images_a.device
         both = torch.cat([images_a, images_b.to(dev)])
         lam = torch.cat([self.lam.to(dev), torch.ones((n_b,), dtype=self.lam.dtype, device=dev)])
@@ -410,12 +540,21 @@ class DomainMixPlan:
         ``λ·loss_fn(outputs, targets_a)`` when ``labels_b`` is None; reduced by
         :func:`lossmix_ext.lossmix_reduce` (keyword arguments: ``weights``, ``reduction``,
         ``avg_factor``). Pass ``targets_b`` for a plan within one batch too (the same targets)."""
+        if not callable(loss_fn):
+            raise TypeError(f"loss_fn must be callable, got {type(loss_fn).__name__}")
+        _check_batch(targets_a, len(self.lam), "targets_a")
+        if self.labels_b is not None:
+            if targets_b is None:
+                raise ValueError(f"this plan supervises side b with {self.labels_b!r}: pass targets_b")
+            n_b = self._n_b()
+            if n_b is not None:
+                _check_batch(targets_b, n_b, "targets_b", f"the {self.b} batch the plan was drawn for")
+            else:
+                _check_partners(targets_b, self.index, "targets_b")
         loss_a = loss_fn(outputs, targets_a)
         lam = self.lam.to(loss_a.device)
         if self.labels_b is None:
             return lossmix_reduce(loss_a, torch.zeros_like(loss_a), lam, **kwargs)
-        if targets_b is None:
-            raise ValueError(f"this plan supervises side b with {self.labels_b!r}: pass targets_b")
         loss_b = loss_fn(outputs, index_targets(targets_b, self.index))
         return lossmix_reduce(loss_a, loss_b, lam, **kwargs)
 
@@ -456,15 +595,16 @@ def domain_mix_plans(n_source: int, n_target: int, phase: str, alpha: float = 1.
     alpha = _alpha(alpha, "alpha")
     if alpha == 0:
         raise ValueError("alpha must be > 0")
+    V.generator_arg(generator)
+    device = V.device_arg(device)
     if device is None:
         device = generator.device if generator is not None else torch.device("cpu")
-    device = torch.device(device)
     lam_ss, idx_ss = sample_mix(n_source, alpha, pairing="random", generator=generator, device=device)
-    plans = [DomainMixPlan("source", "source", lam_ss, idx_ss, "labels", "labels")]
+    plans = [DomainMixPlan("source", "source", lam_ss, idx_ss, "labels", "labels", n_source)]
     lam_st = sample_beta((n_source,), alpha, generator=generator, device=device)
     idx_st = _cross_index(n_source, n_target, generator, device)
-    plans.append(DomainMixPlan("source", "target", lam_st, idx_st, "labels", None))
+    plans.append(DomainMixPlan("source", "target", lam_st, idx_st, "labels", None, n_target))
     if phase == "adaptation":
         lam_tt, idx_tt = sample_mix(n_target, alpha, pairing="random", generator=generator, device=device)
-        plans.append(DomainMixPlan("target", "target", lam_tt, idx_tt, "pseudo", "pseudo"))
+        plans.append(DomainMixPlan("target", "target", lam_tt, idx_tt, "pseudo", "pseudo", n_target))
     return plans

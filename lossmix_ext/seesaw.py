@@ -8,7 +8,7 @@ from torch import Tensor, nn
 
 from . import _ops, _reference
 from . import _validation as V
-from .functional import seesaw_module_loss
+from .functional import _seesaw_module_prepare
 
 
 class SeesawLoss(nn.Module):
@@ -31,14 +31,16 @@ class SeesawLoss(nn.Module):
 
     def __init__(self, use_sigmoid: bool = False, p: float = 0.8, q: float = 2.0, num_classes: int = 1203,
                  eps: float = 1e-2, reduction: str = "mean", loss_weight: float = 1.0, return_dict: bool = True,
-                 backend: Optional[str] = None, inplace_grad: bool = False) -> None:
+                 backend: Optional[str] = None, inplace_grad: bool = False, sync_counts: bool = False) -> None:
         super().__init__()
-        if use_sigmoid:
-            raise ValueError("SeesawLoss is a softmax loss: use_sigmoid must be False")
-        if not isinstance(num_classes, int) or num_classes < 1:
-            raise ValueError(f"num_classes must be a positive int, got {num_classes!r}")
+        V.assert_arg(not use_sigmoid, "SeesawLoss is a softmax loss: use_sigmoid must be False")
+        if not isinstance(num_classes, int) or isinstance(num_classes, bool) or num_classes < 1:
+            raise ValueError(f"num_classes must be a positive int (the number of classes, background excluded), "
+                             f"got {num_classes!r}")
         V.seesaw_params(p, q, eps)
         V.reduction(reduction)
+        if not isinstance(sync_counts, bool):
+            raise TypeError(f"sync_counts must be a bool, got {type(sync_counts).__name__}")
         self.use_sigmoid = False
         self.p, self.q, self.eps = p, q, eps
         self.num_classes = num_classes
@@ -47,25 +49,39 @@ class SeesawLoss(nn.Module):
         self.return_dict = return_dict
         self.backend = backend
         self.inplace_grad = inplace_grad
+        self.sync_counts = sync_counts
         self.register_buffer("cum_samples", torch.zeros(num_classes + 1, dtype=torch.float))
         self.custom_cls_channels = True
         self.custom_activation = True
         self.custom_accuracy = True
+
+    def _apply(self, fn, recurse=True):
+        # `cum_samples` stays float32 through conversions to a half type (.half(), .bfloat16(),
+        # .to(torch.float16), mixed-precision wrappers): a float16 count stops growing at 2048
+        # (bfloat16 at 256). Devices still move; .double() still gives float64 (exact as well).
+        counts = self.cum_samples
+        out = super()._apply(fn, recurse)
+        moved = self.cum_samples
+        if moved.dtype in (torch.float16, torch.bfloat16):
+            self.cum_samples = counts.to(device=moved.device, dtype=torch.float32)
+        return out
 
     def extra_repr(self) -> str:
         return (f"num_classes={self.num_classes}, p={self.p}, q={self.q}, eps={self.eps}, "
                 f"reduction={self.reduction!r}, loss_weight={self.loss_weight}, return_dict={self.return_dict}")
 
     def get_cls_channels(self, num_classes: int) -> int:
-        if num_classes != self.num_classes:
-            raise ValueError(f"num_classes {num_classes} differs from the loss's {self.num_classes}")
+        V.assert_arg(num_classes == self.num_classes,
+                     f"num_classes {num_classes} differs from the loss's num_classes={self.num_classes}")
         return num_classes + 2
 
     def _check_scores(self, cls_score: Tensor) -> None:
         V.float_tensor(cls_score, "cls_score")
-        if cls_score.shape[-1] != self.num_classes + 2:
-            raise ValueError(f"cls_score must have num_classes + 2 = {self.num_classes + 2} columns, "
-                             f"got {cls_score.shape[-1]}")
+        if cls_score.dim() < 1:
+            raise ValueError("cls_score must have a class dimension, got a 0-d tensor")
+        V.assert_arg(cls_score.shape[-1] == self.num_classes + 2,
+                     f"cls_score must have num_classes + 2 = {self.num_classes + 2} columns (classes, then "
+                     f"[foreground, background] objectness), got {cls_score.shape[-1]}")
 
     def get_activation(self, cls_score: Tensor) -> Tensor:
         """(N, C+1) scores: class softmax × P(foreground), then P(background)."""
@@ -75,33 +91,45 @@ class SeesawLoss(nn.Module):
     def get_accuracy(self, cls_score: Tensor, labels: Tensor) -> Dict[str, Tensor]:
         """``{'acc_objectness', 'acc_classes'}`` top-1 accuracy in percent (classes on positives only)."""
         self._check_scores(cls_score)
+        V.index_tensor(labels, "labels", cls_score.shape[0] if cls_score.dim() > 1 else 1, cls_score.device)
+        if cls_score.dim() != 2:
+            raise ValueError(f"cls_score must be 2-D (N, num_classes + 2), got shape {tuple(cls_score.shape)}")
         return _reference.seesaw_accuracy(cls_score, labels, self.num_classes)
 
     def forward(self, cls_score: Tensor, labels: Tensor, label_weights: Optional[Tensor] = None,
                 avg_factor=None, reduction_override: Optional[str] = None, labels_b: Optional[Tensor] = None,
                 lam=None) -> Union[Tensor, Dict[str, Tensor]]:
-        if reduction_override not in (None, "none", "mean", "sum"):
-            raise ValueError(f"reduction_override must be None, 'none', 'mean' or 'sum', got {reduction_override!r}")
+        V.assert_arg(reduction_override in (None, "none", "mean", "sum"),
+                     f"reduction_override must be None, 'none', 'mean' or 'sum', got {reduction_override!r}")
         reduction = reduction_override if reduction_override else self.reduction
         self._check_scores(cls_score)
-        V.index_tensor(labels, "labels", cls_score.shape[0], cls_score.device)
-        if (labels_b is None) != (lam is None):
-            raise ValueError("lam is given but labels_b is None; pass both for LossMix, or neither" if labels_b is None
-                             else "labels_b is given but lam is None; pass both for LossMix, or neither")
-        if labels_b is not None:
-            V.index_tensor(labels_b, "labels_b", cls_score.shape[0], cls_score.device)
-            V.lam_vector(lam, cls_score.shape[0], cls_score.device)
         if self.cum_samples.device != cls_score.device:
             raise ValueError(f"the loss's cum_samples buffer is on {self.cum_samples.device} but cls_score is on "
                              f"{cls_score.device}; move the module with .to(device)")
-        V.reduction(reduction, avg_factor)
-        # Count this batch (labels checked against [0, C] before the buffer is touched).
+        # Every check that can fail (arguments, label range, finite counts, backend) runs here,
+        # before the buffer is touched; `run` then only computes.
+        run = _seesaw_module_prepare(
+            cls_score, labels, self.cum_samples, self.num_classes, self.p, self.q, self.eps, label_weights,
+            reduction, avg_factor, self.loss_weight, labels_b, lam, self.backend, self.inplace_grad)
         with torch.no_grad():
-            _ops.count_labels_(self.cum_samples, labels if labels_b is None else torch.stack([labels, labels_b]))
-        loss_obj, loss_cls = seesaw_module_loss(
-            cls_score, labels, self.cum_samples, self.num_classes, p=self.p, q=self.q, eps=self.eps,
-            label_weights=label_weights, reduction=reduction, avg_factor=avg_factor, loss_weight=self.loss_weight,
-            labels_b=labels_b, lam=lam, backend=self.backend, inplace_grad=self.inplace_grad)
+            self._count(labels if labels_b is None else torch.stack([labels, labels_b]))
+        loss_obj, loss_cls = run()
         if self.return_dict:
             return {"loss_cls_objectness": loss_obj, "loss_cls_classes": loss_cls}
         return loss_cls + loss_obj
+
+    def _count(self, labels: Tensor) -> None:
+        """Add the batch's label histogram to ``cum_samples``; with ``sync_counts`` and an
+        initialised default process group, the histogram summed over all ranks (one all-reduce
+        of C+1 floats on the device, no host sync)."""
+        if self.sync_counts and _dist_ready():
+            hist = torch.zeros_like(self.cum_samples)
+            _ops.count_labels_(hist, labels)
+            torch.distributed.all_reduce(hist)
+            self.cum_samples.add_(hist)
+        else:
+            _ops.count_labels_(self.cum_samples, labels)
+
+
+def _dist_ready() -> bool:
+    return torch.distributed.is_available() and torch.distributed.is_initialized()

@@ -89,12 +89,12 @@ def test_mix_images_formula_with_boxes_and_normalisation():
 
 
 def test_mix_images_backward_accumulates_repeated_indices():
-    x = torch.randn(4, 6, requires_grad=True)
+    x = torch.randn(4, 6, 1, 1, requires_grad=True)
     lam = torch.tensor([0.1, 0.4, 0.7, 1.0])
     index = torch.tensor([1, 1, 1, 0])
-    g = torch.randn(4, 6)
+    g = torch.randn(4, 6, 1, 1)
     L.mix_images(x, lam, index).backward(g)
-    want = lam[:, None] * g
+    want = lam[:, None, None, None] * g
     for b in range(4):
         want[index[b]] += (1 - lam[b]) * g[b]
     torch.testing.assert_close(x.grad, want)
@@ -103,7 +103,7 @@ def test_mix_images_backward_accumulates_repeated_indices():
 def test_mix_images_inplace_pairs_equals_out_of_place():
     lam, index = L.sample_mix(9, pairing="pairs", generator=torch.Generator().manual_seed(0))
     assert torch.equal(index[index], torch.arange(9))
-    x = torch.randn(9, 3, 5)
+    x = torch.randn(9, 3, 5, 1)
     want = L.mix_images(x, lam, index)
     y = x.clone()
     assert L.mix_images_(y, lam, index) is y

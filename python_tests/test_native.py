@@ -491,7 +491,7 @@ def test_mix_images(dtype, channels_last, norm, index):
     torch.testing.assert_close(got, want, **tol)
 
 
-@pytest.mark.parametrize("shape", [(5,), (5, 11), (5, 2, 3, 4, 3), (3, 40000)])
+@pytest.mark.parametrize("shape", [(5, 1, 1, 1), (5, 11, 1, 1), (5, 2, 3, 4, 3), (3, 1, 1, 40000)])
 def test_mix_images_any_rank(shape):
     x = _images(torch.float32, shape=shape)
     lam, idx = _lam(shape[0]), torch.randint(0, shape[0], (shape[0],))

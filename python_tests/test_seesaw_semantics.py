@@ -132,6 +132,71 @@ def test_no_positives_is_differentiable_zero():
         assert float(o["loss_cls_classes"].detach()) == 0.0
 
 
+def test_no_positives_reduction_none_is_0d_zero():
+    """mmdetection returns ``cls_score_classes[pos_inds].sum()`` there: a 0-d zero, not a (0,) tensor."""
+    C = 4
+    x = torch.randn(5, C + 2, requires_grad=True)
+    m = L.SeesawLoss(num_classes=C)
+    out = m(x, torch.full((5,), C), reduction_override="none")
+    assert out["loss_cls_classes"].shape == () and float(out["loss_cls_classes"].detach()) == 0.0
+    assert out["loss_cls_objectness"].shape == (5,)
+    out["loss_cls_classes"].backward()
+    assert float(x.grad.abs().sum()) == 0.0
+    ref = R.seesaw_module_loss(x.detach(), torch.full((5,), C), m.cum_samples, C, reduction="none")
+    assert ref[1].shape == ()
+    # with positives: one entry per positive row
+    out = m(x, torch.tensor([0, C, 2, C, 1]), reduction_override="none")
+    assert out["loss_cls_classes"].shape == (3,)
+
+
+# ---------------------------------------------------------------- mmdetection's own unit tests
+def test_mmdet_asserts_are_assertion_errors():
+    """mmdetection's ``test_seesaw_loss`` / ``test_loss_with_reduction_override`` expect
+    AssertionError; the library's error is both an AssertionError and a ValueError."""
+    with pytest.raises(AssertionError):
+        L.SeesawLoss(use_sigmoid=True, loss_weight=1.0)
+    loss_cls = L.SeesawLoss(p=0.0, q=0.0, loss_weight=1.0, num_classes=2)
+    for width in (2, 3):  # the length of fake_pred should be num_classes + 2 = 4
+        with pytest.raises(AssertionError):
+            loss_cls(torch.full((1, width), 100.0), torch.tensor([1]))
+    with pytest.raises(AssertionError):
+        loss_cls(torch.randn(3, 4), torch.tensor([0, 1, 2]), reduction_override=True)
+    with pytest.raises(AssertionError):
+        loss_cls.get_cls_channels(3)
+    for exc in (AssertionError, ValueError, L.LossMixAssertionError):
+        with pytest.raises(exc, match="reduction_override"):
+            loss_cls(torch.randn(3, 4), torch.tensor([0, 1, 2]), reduction_override="avg")
+    assert float(loss_cls.cum_samples.sum()) == 0.0  # none of the failed calls counted
+
+
+def test_counts_stay_float32_through_dtype_conversion():
+    """.half() / .bfloat16() would stop the counts at 2048 / 256: the buffer stays float32."""
+    for conv in (lambda m: m.half(), lambda m: m.bfloat16(), lambda m: m.to(torch.float16),
+                 lambda m: torch.nn.Sequential(m).half()[0]):
+        m = conv(L.SeesawLoss(num_classes=2))
+        assert m.cum_samples.dtype == torch.float32
+        m.cum_samples[0] = 2048.0
+        with torch.no_grad():
+            m._count(torch.tensor([0, 0, 2]))
+        assert m.cum_samples.tolist() == [2050.0, 0.0, 1.0]
+        assert m.state_dict()["cum_samples"].dtype == torch.float32
+    m = L.SeesawLoss(num_classes=2).double()  # widening keeps its exactness: float64, as mmdetection
+    assert m.cum_samples.dtype == torch.float64
+    # a float16 state dict (saved by a model that converted its buffer) loads into float32 counts
+    m = L.SeesawLoss(num_classes=2)
+    m.load_state_dict({"cum_samples": torch.tensor([1.0, 2.0, 3.0], dtype=torch.float16)})
+    assert m.cum_samples.dtype == torch.float32 and m.cum_samples.tolist() == [1.0, 2.0, 3.0]
+
+
+def test_half_module_counts_past_2048_in_forward():
+    C = 2
+    m = L.SeesawLoss(num_classes=C).half()
+    m.cum_samples[0] = 2048.0
+    x = torch.randn(4, C + 2, dtype=torch.float16)
+    m(x, torch.tensor([0, 0, 0, 2]))
+    assert m.cum_samples.tolist() == [2051.0, 0.0, 1.0]
+
+
 def test_counts_update_under_no_grad_and_eval():
     m = L.SeesawLoss(num_classes=3).eval()
     with torch.no_grad():
@@ -153,6 +218,8 @@ def test_module_interface():
     assert m.get_cls_channels(10) == 12
     assert m.custom_cls_channels and m.custom_activation and m.custom_accuracy
     with pytest.raises(ValueError, match="use_sigmoid"):
+        L.SeesawLoss(use_sigmoid=True)
+    with pytest.raises(AssertionError, match="use_sigmoid"):
         L.SeesawLoss(use_sigmoid=True)
     x = torch.randn(6, 12)
     act = m.get_activation(x)

@@ -147,7 +147,7 @@ def test_forward_several_chunks_per_sample(channels_last):
 def test_forward_other_shapes_and_strides():
     index = torch.tensor([3, 0, 6, 1, 2, 5, 4], device=DEV)  # odd batch, random permutation
     lam = _lam(7)
-    for shape in [(7,), (7, 37), (7, 2, 3, 5, 4)]:
+    for shape in [(7, 1, 1, 1), (7, 37, 1, 1), (7, 2, 3, 5, 4)]:
         x = torch.randn(shape, device=DEV)
         got = L.mix_images(x, lam, index, backend="triton")
         torch.testing.assert_close(got, R.mix_images(x, lam, index), rtol=1e-5, atol=1e-6)
@@ -286,7 +286,7 @@ def test_inplace_layouts():
 
 
 def test_inplace_rejects_non_pairings():
-    x = torch.randn(4, 3, device=DEV)
+    x = torch.randn(4, 3, 1, 1, device=DEV)
     with pytest.raises(ValueError, match="index"):
         L.mix_images_(x, 0.5, torch.tensor([1, 2, 3, 0], device=DEV), backend="triton")
 
@@ -319,7 +319,7 @@ def test_dispatch_launches_only_aot_configurations(monkeypatch):
     xf = torch.randn(B, C, H, W, device=DEV, requires_grad=True)
     L.mix_images(xf, lam, index, std=STD, backend="triton").sum().backward()
     lp, ip = L.sample_mix(4, pairing="pairs", device=DEV)
-    L.mix_images_(torch.randn(4, 3, device=DEV, dtype=torch.float16), lp, ip, backend="triton")
+    L.mix_images_(torch.randn(4, 3, 1, 1, device=DEV, dtype=torch.float16), lp, ip, backend="triton")
     assert len(log) == 4
     tl_names = {torch.uint8: "u8", torch.float16: "fp16", torch.bfloat16: "bf16", torch.float32: "fp32"}
     for fn, args, kwargs in log:

@@ -18,8 +18,8 @@ def _seesaw(**over):
     (dict(cls_score=torch.randn(4, 5, 1)), ValueError, "cls_score must be 2-D"),
     (dict(labels=torch.tensor([0.0, 1, 2, 3])), TypeError, "labels must be an int64"),
     (dict(labels=torch.tensor([0, 1, 2])), ValueError, r"labels must have shape \(4,\)"),
-    (dict(labels=torch.tensor([0, 1, 2, 5])), ValueError, r"labels must lie in \[0, 5\)"),
-    (dict(labels=torch.tensor([0, -1, 2, 3])), ValueError, r"labels must lie in \[0, 5\)"),
+    (dict(labels=torch.tensor([0, 1, 2, 5])), ValueError, r"labels must lie in \[0, 4\]"),
+    (dict(labels=torch.tensor([0, -1, 2, 3])), ValueError, r"labels must lie in \[0, 4\]"),
     (dict(cum_samples=torch.ones(4)), ValueError, r"cum_samples must have shape \(5,\)"),
     (dict(cum_samples=torch.tensor([1.0, float("nan"), 1, 1, 1])), ValueError, "cum_samples must be finite"),
     (dict(cum_samples=torch.tensor([1.0, float("inf"), 1, 1, 1])), ValueError, "cum_samples must be finite"),
@@ -47,12 +47,12 @@ def test_mixed_bad_lambda_and_labels():
     with pytest.raises(ValueError, match="ignore_index=-100"):
         L.mixed_cross_entropy(x, a, torch.tensor([0, 1, 9, 3]), 0.5)
     with pytest.raises(ValueError, match=r"lam must lie in \[0, 1\]"):
-        L.mix_images(torch.randn(4, 3), torch.tensor([0.5, 0.5, -0.1, 0.5]), torch.arange(4))
+        L.mix_images(torch.randn(4, 3, 2, 2), torch.tensor([0.5, 0.5, -0.1, 0.5]), torch.arange(4))
 
 
 def test_mix_images_bad_inputs():
     x = torch.randn(4, 3, 5, 5)
-    with pytest.raises(ValueError, match=r"index must lie in \[0, 4\)"):
+    with pytest.raises(ValueError, match=r"index must lie in \[0, 3\]"):
         L.mix_images(x, 0.5, torch.tensor([0, 1, 2, 4]))
     with pytest.raises(TypeError, match="index must be an int64"):
         L.mix_images(x, 0.5, torch.tensor([0.0, 1, 2, 3]))
@@ -80,7 +80,7 @@ def test_seesaw_module_bad_inputs_leave_counts_untouched():
     m = L.SeesawLoss(num_classes=3)
     m.cum_samples.copy_(torch.tensor([5.0, 6, 7, 8]))
     before = m.cum_samples.clone()
-    with pytest.raises(ValueError, match=r"labels must lie in \[0, 4\)"):
+    with pytest.raises(ValueError, match=r"labels must lie in \[0, 3\]"):
         m(torch.randn(3, 5), torch.tensor([0, 4, 1]))
     with pytest.raises(ValueError, match="num_classes \\+ 2 = 5 columns"):
         m(torch.randn(3, 4), torch.tensor([0, 1, 1]))
@@ -118,5 +118,5 @@ def test_value_checks_inside_compiled_graphs():
     torch.testing.assert_close(f(x, a, torch.rand(3)), torch.nn.functional.cross_entropy(x, a))
     with pytest.raises(RuntimeError, match=r"lam must lie in \[0, 1\]"):
         f(x, a, torch.tensor([0.5, 1.5, 0.5]))
-    with pytest.raises(ValueError, match=r"labels must lie in \[0, 4\)"):
+    with pytest.raises(ValueError, match=r"labels must lie in \[0, 3\]"):
         f(x, torch.tensor([0, 1, 5]), torch.rand(3))
