@@ -361,13 +361,18 @@ def _images(b=4, c=3, h=5, w=6, dtype=torch.float32):
     return randn(b, c, h, w).to(dtype)
 
 
-def _mix(be=None, **over):
+def _mix_call(fn, be=None, **over):
+    """``fn(images, lam, index, **rest)`` on a good (4, 3, 5, 6) batch, with arguments overridden."""
     args = dict(images=_images(), lam=torch.rand(4), index=t([1, 0, 3, 2]))
     args.update(over)
     a = [args.pop(k) for k in ("images", "lam", "index")]
     if be is not None:
         args.setdefault("backend", be)
-    return Call(L.mix_images, *a, **args)
+    return Call(fn, *a, **args)
+
+
+def _mix(be=None, **over):
+    return _mix_call(L.mix_images, be, **over)
 
 
 case("mix_images/single_image_chw", ValueError, "images", backends=True)(
@@ -399,12 +404,7 @@ case("mix_images/backend_unknown", ValueError, "backend")(lambda: _mix(backend="
 
 # ---- mix_images_ (in place: the images must not change on a failed call)
 def _mix_(be=None, **over):
-    args = dict(images=_images(), lam=torch.rand(4), index=t([1, 0, 3, 2]))
-    args.update(over)
-    a = [args.pop(k) for k in ("images", "lam", "index")]
-    if be is not None:
-        args.setdefault("backend", be)
-    return Call(L.mix_images_, *a, **args)
+    return _mix_call(L.mix_images_, be, **over)
 
 
 case("mix_images_/index_not_involutive", ValueError, "index", backends=True)(
