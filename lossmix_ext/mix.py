@@ -258,6 +258,7 @@ class LossMix:
         self.per_sample = bool(per_sample)
         self.pairing = pairing
         self.mean, self.std, self.scale, self.out_dtype = mean, std, scale, out_dtype
+        self._per_channel_cache: Dict[torch.device, tuple] = {}  # device -> (mean, std, their sources)
         self.generator = generator
         self.backend = backend
         self.inplace = bool(inplace)
@@ -341,8 +342,20 @@ class LossMix:
         plan = self.sample(images.shape[0], h, w, images.device)
         if self.inplace:
             return mix_images_(images, plan.pixel_lam, plan.index, backend=self.backend), plan
-        return plan.apply(images, mean=self.mean, std=self.std, scale=self.scale, out_dtype=self.out_dtype,
+        mean, std = self._per_channel_on(images.device)
+        return plan.apply(images, mean=mean, std=std, scale=self.scale, out_dtype=self.out_dtype,
                           backend=self.backend), plan
+
+    def _per_channel_on(self, device: torch.device) -> Tuple[Optional[Tensor], Optional[Tensor]]:
+        """``mean`` / ``std`` as float32 tensors on ``device``, made once per device: a Python
+        sequence copied to the GPU at every call would be a host-to-device copy per step."""
+        cached = self._per_channel_cache.get(device)
+        if cached is None or cached[2] is not self.mean or cached[3] is not self.std:  # (re)assigned since
+            cached = tuple(v if v is None or isinstance(v, Tensor)
+                           else torch.tensor(_per_channel_values(v, name), dtype=torch.float32, device=device)
+                           for name, v in (("mean", self.mean), ("std", self.std))) + (self.mean, self.std)
+            self._per_channel_cache[device] = cached
+        return cached[0], cached[1]
 
 
 # --------------------------------------------------------------------------- detection

@@ -405,3 +405,21 @@ def test_domain_mix_images_and_losses():
         plans[1].mix(src)
     with pytest.raises(ValueError, match="targets_b"):
         plans[0].mix_loss(ce_rows, logits, ys)
+
+
+def test_lossmix_mean_std_made_once_per_device():
+    """A sequence mean/std becomes a device tensor once, not at every call (a host-to-device
+    copy per step on a GPU); the result equals passing the sequences to mix_images."""
+    mixer = L.LossMix(alpha=1.0, mean=(0.5, 0.4, 0.3), std=(0.2, 0.25, 0.3), generator=torch.Generator().manual_seed(3))
+    x = torch.randint(0, 256, (4, 3, 5, 6), dtype=torch.uint8)
+    mixer(x)
+    assert list(mixer._per_channel_cache) == [x.device]  # made by the call
+    consts = mixer._per_channel_cache[x.device]
+    out2, plan2 = mixer(x)
+    assert mixer._per_channel_cache[x.device] is consts and len(mixer._per_channel_cache) == 1
+    assert consts[0].dtype == torch.float32 and consts[0].tolist() == pytest.approx([0.5, 0.4, 0.3])
+    want = L.mix_images(x, plan2.pixel_lam, plan2.index, boxes=plan2.boxes, mean=[0.5, 0.4, 0.3],
+                        std=[0.2, 0.25, 0.3])
+    torch.testing.assert_close(out2, want)
+    mixer.std = (1.0, 1.0, 1.0)  # reassigned: made anew
+    assert mixer._per_channel_on(x.device)[1].tolist() == [1.0, 1.0, 1.0]
