@@ -27,3 +27,16 @@ def pytest_collection_modifyitems(config, items):
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)
+
+
+@pytest.fixture(autouse=True)
+def _no_pending_cuda_error():
+    """A test that leaves a CUDA error pending (a device-side assert of a value check that it
+    expected to raise synchronously) fails itself, instead of breaking the CUDA context for
+    every later test in the process. Nothing to do without CUDA."""
+    yield
+    if HAS_CUDA and torch.cuda.is_initialized():
+        try:
+            torch.cuda.synchronize()
+        except RuntimeError as exc:  # pragma: no cover (needs a GPU)
+            pytest.fail(f"the test left a CUDA error pending (a device-side assert?): {exc}")

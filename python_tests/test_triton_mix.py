@@ -186,7 +186,9 @@ def test_out_of_range_index_is_skipped_without_validation():
     torch.testing.assert_close(got[0], 0.25 * x[0] + 0.75 * x[1], rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(got[1], 0.5 * x[1], rtol=1e-5, atol=1e-6)  # partner skipped (counts as 0)
     torch.testing.assert_close(got[2], x[2], rtol=0, atol=0)
-    with pytest.raises(ValueError, match="index"):
+    # "sync": a ValueError on CUDA too (the default there is a device-side assert, which would
+    # not raise here and would leave the CUDA context broken for every later test)
+    with L.validation("sync"), pytest.raises(ValueError, match="index"):
         L.mix_images(x, lam, index, backend="triton")
 
 
@@ -287,7 +289,7 @@ def test_inplace_layouts():
 
 def test_inplace_rejects_non_pairings():
     x = torch.randn(4, 3, 1, 1, device=DEV)
-    with pytest.raises(ValueError, match="index"):
+    with L.validation("sync"), pytest.raises(ValueError, match="index"):  # sync: see above
         L.mix_images_(x, 0.5, torch.tensor([1, 2, 3, 0], device=DEV), backend="triton")
 
 
