@@ -189,15 +189,15 @@ def _check(bad: Tensor, msg: str) -> None:
 
 
 def labels_in_range(labels: Tensor, name: str, num_classes: int, ignore_index: Optional[int] = None,
-                    detail: str = "") -> None:
-    """Every label in [0, num_classes) or equal to ``ignore_index``; ``detail`` ends the message."""
+                    background: bool = False) -> None:
+    """Every label in [0, num_classes) or equal to ``ignore_index``; with ``background``, in
+    [0, num_classes], num_classes being the background label."""
     if _mode == "off" or labels.numel() == 0:
         return
-    bad = (labels < 0) | (labels >= num_classes)
+    bad = (labels < 0) | (labels >= (num_classes + 1 if background else num_classes))
     if ignore_index is not None:
         bad &= labels != ignore_index
-    extra = f" or equal to ignore_index={ignore_index}" if ignore_index is not None else ""
-    _check(bad.any(), f"{name} must lie in [0, {num_classes - 1}]{extra}{detail}")
+    _check(bad.any(), _labels_range_msg(name, num_classes, ignore_index, background))
 
 
 def finite(x: Tensor, name: str) -> None:
@@ -237,19 +237,17 @@ from ._backend import BACKENDS as _BACKENDS, BackendUnavailableError as _Backend
 from ._backend import _device as _backend_device  # noqa: E402
 
 
-class UnknownBackendError(_BackendUnavailableError, ValueError):
-    """A backend name that is neither ``"auto"`` nor a known backend (checked before any work):
-    a ``ValueError`` and a :class:`BackendUnavailableError`, as ``resolve`` raises for it."""
-
-
 def backend_arg(backend, name: str = "backend") -> None:
-    """``None``, ``"auto"`` or a known backend name (any case / surrounding blanks)."""
+    """``None``, ``"auto"`` or a known backend name (any case / surrounding blanks): for callers
+    that keep the name to resolve later (calls that resolve at once get the same errors from
+    ``_backend.resolve``)."""
     if backend is None:
         return
     if not isinstance(backend, str):
         raise TypeError(f"{name} must be a string or None, got {type(backend).__name__}")
     if backend.strip().lower() not in ("auto",) + _BACKENDS:
-        raise UnknownBackendError(f"unknown backend {backend!r}: {name} must be None, 'auto' or one of {_BACKENDS}")
+        raise _BackendUnavailableError(f"unknown backend {backend!r}: {name} must be None, 'auto' or one of "
+                                       f"{_BACKENDS}")  # also a ValueError
 
 
 def device_arg(device, name: str = "device") -> Optional[torch.device]:
@@ -310,23 +308,3 @@ def _labels_range_msg(name: str, num_classes: int, ignore_index: Optional[int], 
         return f"{name} must lie in [0, {num_classes}] (num_classes={num_classes} is the background label)"
     extra = f" or equal to ignore_index={ignore_index}" if ignore_index is not None else ""
     return f"{name} must lie in [0, {num_classes - 1}]{extra}"
-
-
-def label_sets_in_range(labels: Tensor, names, num_classes: int, ignore_index: Optional[int] = None,
-                        background: bool = False) -> None:
-    """Value check of (S, N) stacked label sets, naming the offending set (``names[s]``) when
-    raising on the host; one device assert naming all sets otherwise. Same cost as one
-    :func:`labels_in_range` over the stacked labels."""
-    if _mode == "off" or labels.numel() == 0:
-        return
-    hi = num_classes + 1 if background else num_classes
-    bad = (labels < 0) | (labels >= hi)
-    if ignore_index is not None and not background:
-        bad &= labels != ignore_index
-    bad = bad.any()
-    if not torch.compiler.is_compiling() and (bad.device.type == "cpu" or _mode == "sync"):
-        if bool(bad):
-            _fail(first_label_set_out_of_range(zip(names, labels), num_classes, ignore_index, background)
-                  or f"{' / '.join(names)} out of range")
-        return
-    _check(bad, _labels_range_msg(" and ".join(names), num_classes, ignore_index, background))

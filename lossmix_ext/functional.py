@@ -146,7 +146,6 @@ def seesaw_loss_mixed(cls_score: Tensor, labels_a: Tensor, labels_b: Tensor, lam
 def _seesaw_class_loss(cls_score, label_sets, lam, cum_samples, p, q, eps, label_weights, reduction,
                        avg_factor, backend, inplace_grad):
     _seesaw_common(cls_score, p, q, eps, reduction, avg_factor)
-    V.backend_arg(backend)
     _flag(inplace_grad, "inplace_grad")
     n, c = cls_score.shape
     dev = cls_score.device
@@ -223,11 +222,10 @@ def _seesaw_module_prepare(cls_score, labels, cum_samples, num_classes, p, q, ep
         lam = V.lam_vector(lam, n, dev).to(om)
         sets = [(labels, lam, "labels"), (labels_b, 1 - lam, "labels_b")]
     for lab, _, name in sets:
-        V.labels_in_range(lab, name, c + 1, detail=f" (num_classes={c} is the background label)")
+        V.labels_in_range(lab, name, c, background=True)
     if p > 0:
         V.finite(cum_samples, "cum_samples")
-    if not isinstance(inplace_grad, bool):
-        raise TypeError(f"inplace_grad must be a bool, got {type(inplace_grad).__name__}")
+    _flag(inplace_grad, "inplace_grad")
     op_backend = _seesaw_backend(cls_score, backend, inplace_grad)
     cls_w, obj_w = [], []
     obj_div = _divisor(reduction, avg_factor, n)
@@ -279,7 +277,6 @@ def _mixed_cross_entropy(logits, labels_a, labels_b, lam, label_weights, ignore_
         raise ValueError(f"logits must have at least one class column, got shape {tuple(logits.shape)}")
     V.reduction(reduction, avg_factor)
     _avg_factor(avg_factor, logits.device)
-    V.backend_arg(backend)
     _flag(inplace_grad, "inplace_grad")
     if not isinstance(ignore_index, int) or isinstance(ignore_index, bool):
         raise TypeError(f"ignore_index must be an int, got {type(ignore_index).__name__}")
@@ -414,7 +411,6 @@ def mix_images(images: Tensor, lam, index: Tensor, *, boxes: Optional[Tensor] = 
             raise ValueError(f"boxes must be an int64 tensor of shape ({b}, 4), got {boxes.dtype} {tuple(boxes.shape)}")
         V.same_device(boxes, "boxes", dev)
         boxes = boxes.long().contiguous()
-    V.backend_arg(backend)
     name = _backend.resolve("mix_images", backend, dev)
     return _ops.mix_images(images, lam, index.long().contiguous(), boxes, per_channel[0], per_channel[1],
                            scale, out_dtype, name)
@@ -432,7 +428,6 @@ def mix_images_(images: Tensor, lam, index: Tensor, *, backend: Optional[str] = 
     dev = images.device
     V.index_tensor(index, "index", b, dev)
     lam = V.lam_vector(lam, b, dev).to(_ops.opmath_dtype(images.dtype)).contiguous()
-    V.backend_arg(backend)
     name = _backend.resolve("mix_images_", backend, dev)
     _ops.mix_images_(images, lam, index.long().contiguous(), name)
     return images

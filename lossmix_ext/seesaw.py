@@ -91,9 +91,9 @@ class SeesawLoss(nn.Module):
     def get_accuracy(self, cls_score: Tensor, labels: Tensor) -> Dict[str, Tensor]:
         """``{'acc_objectness', 'acc_classes'}`` top-1 accuracy in percent (classes on positives only)."""
         self._check_scores(cls_score)
-        V.index_tensor(labels, "labels", cls_score.shape[0] if cls_score.dim() > 1 else 1, cls_score.device)
         if cls_score.dim() != 2:
             raise ValueError(f"cls_score must be 2-D (N, num_classes + 2), got shape {tuple(cls_score.shape)}")
+        V.index_tensor(labels, "labels", cls_score.shape[0], cls_score.device)
         return _reference.seesaw_accuracy(cls_score, labels, self.num_classes)
 
     def forward(self, cls_score: Tensor, labels: Tensor, label_weights: Optional[Tensor] = None,
