@@ -10,7 +10,8 @@ Environment:
                             failed or impossible build is reported and the package installs without it)
 
 Layout of csrc/: ``lossmix_math.h`` (kernel maths shared by CPU and CUDA), ``module.cpp`` (the
-Python module), ``cpu/`` (CPU kernels + torch glue, always built), ``cuda/`` (``.cu`` kernels in
+Python module), ``register.cpp`` (the op schemas and device kernels in the dispatcher),
+``autograd/`` (autograd kernels), ``cpu/`` (CPU kernels + torch glue, always built), ``cuda/`` (``.cu`` kernels in
 plain CUDA and the ATen glue ``ops_cuda.cpp``, built only with CUDA). The CPU kernels are
 compiled twice, baseline and AVX2+FMA (selected at run time), never with -march=native.
 """
@@ -74,7 +75,7 @@ def native_extensions():
     if os.environ.get("LOSSMIX_EXT_NO_NATIVE", "0") == "1":
         _log("LOSSMIX_EXT_NO_NATIVE=1: skipping the native extension")
         return [], {}
-    cpp = _sources("*.cpp", os.path.join("cpu", "*.cpp"))
+    cpp = _sources("*.cpp", os.path.join("cpu", "*.cpp"), os.path.join("autograd", "*.cpp"))
     cu = _sources(os.path.join("cuda", "*.cu"))
     cuda_glue = _sources(os.path.join("cuda", "*.cpp"))
     if not cpp:

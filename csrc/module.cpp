@@ -1,10 +1,13 @@
-// The Python module lossmix_ext._C: plain functions called by lossmix_ext/backends/cpu.py and
-// lossmix_ext/backends/cuda.py (which register them as the `cpu` / `cuda` backends of the
-// lossmix_ext ops). The CUDA functions exist only when built with LOSSMIX_WITH_CUDA.
+// The Python module lossmix_ext._C. Importing it also registers the lossmix_ext ops in the
+// dispatcher (register.cpp, autograd/). The plain functions here are the kernels as the
+// backends of lossmix_ext/backends/{cpu,cuda}.py see them (used by the Python kernels and the
+// in-place variants), and the hooks _ops.py / _validation.py set. The CUDA functions exist only
+// when built with LOSSMIX_WITH_CUDA.
 #include <torch/extension.h>
 #include <torch/csrc/autograd/graph_task.h>
 
 #include "cpu/ops_cpu.h"
+#include "ops.h"
 #ifdef LOSSMIX_WITH_CUDA
 #include "cuda/ops_cuda.h"
 #endif
@@ -33,6 +36,12 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         "whether the backward pass running on this thread keeps the graph (True outside a backward)");
   m.def("storage_is_exclusive", [](const at::Tensor& t) { return t.has_storage() && t.storage().use_count() == 1; },
         "whether no other tensor (view, alias) shares t's storage");
+  m.def("set_validation_mode", &lmx::set_validation_mode,
+        "value-check mode of the native kernels: 0 auto, 1 sync, 2 off (set by lossmix_ext._validation)");
+  m.def("set_python_kernel", [](py::object fn) { lmx::set_python_kernel(fn.ptr()); },
+        "the Python function the registered ops call for non-native backends: fn(op, backend, *args)");
+  m.def("checks_done", &lmx::ChecksDone::active,
+        "whether the running seesaw_fwd was called by a composite op that has checked its values already");
   m.def("cpu_isa", &lmx_cpu::isa, "instruction set of the CPU kernels in use ('avx2' or 'baseline')");
   m.def("set_cpu_isa", &lmx_cpu::set_isa_name,
         "use the 'avx2' or 'baseline' CPU kernels ('auto': the best supported); False if unavailable");

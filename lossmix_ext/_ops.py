@@ -33,6 +33,7 @@ through ``weights``, so the op's outputs are already weighted and a reduction is
 """
 from __future__ import annotations
 
+import os
 from typing import Optional, Tuple
 
 import torch
@@ -47,11 +48,33 @@ def opmath_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.float64 if dtype == torch.float64 else torch.float32
 
 
+# The extension, when built, registers seesaw_fwd, seesaw_bwd and count_labels_ in the
+# dispatcher from C++ (csrc/register.cpp: schemas and CPU / CUDA kernels; csrc/autograd/: the
+# autograd kernel), so that a call is one dispatcher entry with no Python on the way for the
+# native backends; their fake kernels are registered below, and calls for the other backends
+# come back to `_python_kernel`. Without the extension the same ops (same names, schemas and
+# contracts) are Python custom ops built from the functions below. The extension is loaded
+# here, once, for the whole package (the cpu / cuda backends take it from here too).
+NATIVE_IMPORT_ERROR: Optional[str] = None
+if os.environ.get("LOSSMIX_EXT_NO_NATIVE", "0") == "1":  # also at run time: the build without it
+    _native = None
+    NATIVE_IMPORT_ERROR = "LOSSMIX_EXT_NO_NATIVE=1: lossmix_ext._C is not loaded"
+else:
+    try:
+        from . import _C as _native
+    except ImportError as exc:  # not built (LOSSMIX_EXT_NO_NATIVE=1 at install, no compiler, ...)
+        _native = None
+        NATIVE_IMPORT_ERROR = (f"lossmix_ext._C was not built: {exc} (reinstall with a C++ compiler: "
+                               "pip install --no-build-isolation -e .)")
+
+#: whether the ops below are the C++-registered ones (else Python custom ops)
+NATIVE_REGISTRATION = _native is not None
+
+
 # --------------------------------------------------------------------------- seesaw_fwd
-@torch.library.custom_op(f"{NS}::seesaw_fwd", mutates_args=())
-def seesaw_fwd(logits: Tensor, labels: Tensor, weights: Tensor, obj_weights: Optional[Tensor],
-               counts: Optional[Tensor], p: float, q: float, eps: float, ignore_index: Optional[int],
-               backend: str) -> Tuple[Tensor, Tensor, Tensor]:
+def _seesaw_fwd_impl(logits: Tensor, labels: Tensor, weights: Tensor, obj_weights: Optional[Tensor],
+                     counts: Optional[Tensor], p: float, q: float, eps: float, ignore_index: Optional[int],
+                     backend: str) -> Tuple[Tensor, Tensor, Tensor]:
     _check_seesaw_values(logits, labels, obj_weights, counts, p, ignore_index)
     return _backend.kernel("seesaw_fwd", backend)(logits, labels, weights, obj_weights, counts, p, q, eps,
                                                   ignore_index)
@@ -65,7 +88,6 @@ def _check_seesaw_values(logits, labels, obj_weights, counts, p, ignore_index) -
         _validation.finite(counts, "cum_samples")
 
 
-@seesaw_fwd.register_fake
 def _seesaw_fwd_fake(logits, labels, weights, obj_weights, counts, p, q, eps, ignore_index, backend):
     n = logits.shape[0]
     om = opmath_dtype(logits.dtype)
@@ -74,15 +96,56 @@ def _seesaw_fwd_fake(logits, labels, weights, obj_weights, counts, p, q, eps, ig
     return loss, obj, torch.empty_like(logits, memory_format=torch.contiguous_format)
 
 
-@torch.library.custom_op(f"{NS}::seesaw_bwd", mutates_args=())
-def seesaw_bwd(grad: Tensor, grad_loss: Tensor, grad_obj: Optional[Tensor], backend: str) -> Tensor:
+def _seesaw_bwd_impl(grad: Tensor, grad_loss: Tensor, grad_obj: Optional[Tensor], backend: str) -> Tensor:
     """``grad`` scaled row by row: class columns by ``grad_loss``, the last 2 by ``grad_obj`` if given."""
     return _backend.kernel("seesaw_bwd", backend)(grad, grad_loss, grad_obj)
 
 
-@seesaw_bwd.register_fake
 def _seesaw_bwd_fake(grad, grad_loss, grad_obj, backend):
     return torch.empty_like(grad)
+
+
+# --------------------------------------------------------------------------- count_labels_
+def _count_labels_impl(counts: Tensor, labels: Tensor) -> None:
+    """``counts[l] += 1`` for every label l (any shape), on device, without a host sync.
+
+    Labels are checked against ``len(counts)`` *before* the buffer is touched.
+    """
+    flat = labels.reshape(-1)
+    _validation.labels_in_range(flat, "labels", counts.shape[0])
+    counts.index_add_(0, flat.long(), torch.ones_like(flat, dtype=counts.dtype))
+
+
+def _count_labels_fake(counts, labels):
+    return None
+
+
+def _seesaw_count_impl(cum_samples: Tensor, labels: Tensor, labels_b: Optional[Tensor], check_finite: bool) -> None:
+    """SeesawLoss's count update: every check first — ``labels`` (and ``labels_b``) in [0, C] with
+    C = len(cum_samples) − 1 the background label, ``cum_samples`` finite if ``check_finite`` —
+    then the histogram of both label sets is added to ``cum_samples``."""
+    c = cum_samples.shape[0] - 1
+    sets = [(labels, "labels")] + ([(labels_b, "labels_b")] if labels_b is not None else [])
+    for lab, name in sets:
+        _validation.labels_in_range(lab, name, c, background=True)
+    if check_finite:
+        _validation.finite(cum_samples, "cum_samples")
+    for lab, _ in sets:
+        flat = lab.reshape(-1)
+        cum_samples.index_add_(0, flat.long(), torch.ones_like(flat, dtype=cum_samples.dtype))
+
+
+def _seesaw_count_fake(cum_samples, labels, labels_b, check_finite):
+    return None
+
+
+def _python_kernel(op: str, backend: str, *args):
+    """What the C++-registered ops call for a backend (or arguments) without a native kernel."""
+    if op == "seesaw_fwd":
+        if _native.checks_done():  # called by seesaw_loss, which checked the values already
+            return _backend.kernel("seesaw_fwd", backend)(*args)
+        return _seesaw_fwd_impl(*args, backend)
+    return _backend.kernel(op, backend)(*args)
 
 
 # The backward's result is the saved gradient scaled row by row. When nothing else can see the
@@ -96,18 +159,9 @@ def _seesaw_bwd_fake(grad, grad_loss, grad_obj, backend):
 # against in-place modification with its version counter, as saved tensors are) rather than a
 # saved tensor, whose unpacking would add references of its own. Under saved-tensor hooks
 # (`torch.autograd.graph.save_on_cpu`, checkpointing, memory probes) it is an ordinary saved
-# tensor, so the hooks see it, and the backward writes a new tensor.
-# The extension is loaded here, once, for the whole package (the cpu / cuda backends take it
-# from here too).
-try:
-    from . import _C as _native
-    NATIVE_IMPORT_ERROR: Optional[str] = None
-except ImportError as exc:  # not built (LOSSMIX_EXT_NO_NATIVE=1, no compiler, ...)
-    _native = None
-    NATIVE_IMPORT_ERROR = (f"lossmix_ext._C was not built: {exc} (reinstall with a C++ compiler: "
-                           "pip install --no-build-isolation -e .)")
-
-
+# tensor, so the hooks see it, and the backward writes a new tensor. With the extension this
+# logic runs in C++ (csrc/autograd/seesaw_autograd.cpp); here it serves `SeesawInplace` and
+# builds without the extension.
 def _keeps_graph() -> bool:
     return _native is None or _native.graph_task_keeps_graph()
 
@@ -169,7 +223,108 @@ def _seesaw_backward(ctx, grad_loss, grad_obj, _grad_grad):
     return g, None, None, None, None, None, None, None, None, None
 
 
-torch.library.register_autograd(f"{NS}::seesaw_fwd", _seesaw_backward, setup_context=_seesaw_setup)
+
+
+# --------------------------------------------------------------------------- seesaw_loss
+# seesaw_loss — the whole loss of seesaw_loss / seesaw_loss_mixed / mixed_cross_entropy and of
+# SeesawLoss (after its count update) in one call: checks the label values (naming `labels`,
+# or `labels_a` / `labels_b` for two sets; with objectness `labels` / `labels_b` against
+# [0, C], C the background) and finite `counts` (p > 0), builds the per-row weights, runs one
+# seesaw_fwd and reduces::
+#
+#     logits (N, CT), labels (N,) integer, labels_b (N,) or None
+#     lam (N,) opmath or None, lam_value: λ of set a (set b gets 1 − λ) when lam is None; unused
+#         without labels_b
+#     label_weights (N,) or None; loss_weight multiplies every row (SeesawLoss)
+#     objectness: the last 2 columns are [fg, bg] logits, C = CT − 2, and label C is background
+#         (no class loss); else C = CT and rows whose label is ignore_index have no class loss
+#     reduction "none" | "sum" | "mean". Per label set s, "mean" divides its class loss by
+#         avg_factor + float32 eps when given, else by the number of its rows with a class loss
+#         (clamped to >= 1 with objectness); the objectness loss by avg_factor + eps, else N.
+#     avg_factor_tensor (0-d or (1,)) or avg_factor (float), at most one
+#     returns (class loss, objectness loss): scalars, or per-row (N,) with "none"; the
+#         objectness loss is (0,) without objectness.
+# With the extension this is a C++ composite (csrc/seesaw_loss.cpp); otherwise the Python below,
+# which also serves `inplace_grad` (through `fwd=SeesawInplace.apply`).
+_F32_EPS = float(torch.finfo(torch.float32).eps)
+
+
+def seesaw_loss_py(logits, labels, labels_b, lam, lam_value, label_weights, counts, p, q, eps, ignore_index,
+                   objectness, reduction, avg_factor_tensor, avg_factor, loss_weight, backend, fwd=None):
+    n, ct = logits.shape
+    c = ct - 2 if objectness else ct
+    pair = labels_b is not None
+    sets = [(labels, "labels" if objectness or not pair else "labels_a")] + ([(labels_b, "labels_b")] if pair else [])
+    for lab, name in sets:
+        if objectness:
+            _validation.labels_in_range(lab, name, c, background=True)
+        else:
+            _validation.labels_in_range(lab, name, c, ignore_index)
+    if counts is not None and p > 0:
+        _validation.finite(counts, "cum_samples")
+    om = opmath_dtype(logits.dtype)
+    base = torch.ones((n,), dtype=om, device=logits.device) if label_weights is None else label_weights.to(om)
+    base = base * loss_weight
+    mean = reduction == "mean"
+    avg = None
+    if mean and avg_factor_tensor is not None:
+        avg = avg_factor_tensor.to(logits.device).to(om).reshape(()) + _F32_EPS
+    elif mean and avg_factor is not None:
+        avg = avg_factor + _F32_EPS
+    if pair:
+        lam_a = lam.to(om) if lam is not None else lam_value
+        lams = (lam_a, 1 - lam_a)
+    else:
+        lams = (1.0,)
+    cls_w, obj_w = [], []
+    for (lab, _), lam_s in zip(sets, lams):
+        w = base * lam_s
+        if not mean:
+            div = 1.0
+        elif avg is not None:
+            div = avg
+        elif objectness:
+            div = (lab < c).sum().to(om).clamp(min=1)
+        elif ignore_index is not None:
+            div = (lab != ignore_index).sum().to(om)
+        else:
+            div = n
+        cls_w.append(w / div)
+        obj_w.append(w / (avg if avg is not None else n) if mean else w)
+    all_labels = torch.stack([lab.long() for lab, _ in sets])
+    if counts is not None and counts.dim() == 1 and counts.shape[0] > c:
+        counts = counts[:c]  # seesaw_fwd takes C counts (SeesawLoss keeps C + 1)
+    fwd = fwd or seesaw_fwd
+    cls_rows, obj_rows, _ = fwd(logits, all_labels, torch.stack(cls_w), torch.stack(obj_w) if objectness else None,
+                                counts, p, q, eps, c if objectness else ignore_index, backend)
+    if reduction == "none":
+        return cls_rows, obj_rows
+    return cls_rows.sum(), obj_rows.sum() if objectness else obj_rows
+
+
+if NATIVE_REGISTRATION:
+    seesaw_fwd = torch.ops.lossmix_ext.seesaw_fwd.default
+    seesaw_bwd = torch.ops.lossmix_ext.seesaw_bwd.default
+    count_labels_ = torch.ops.lossmix_ext.count_labels_.default
+    seesaw_loss = torch.ops.lossmix_ext.seesaw_loss.default
+    seesaw_count_ = torch.ops.lossmix_ext.seesaw_count_.default
+    torch.library.register_fake(f"{NS}::seesaw_count_")(_seesaw_count_fake)
+    torch.library.register_fake(f"{NS}::seesaw_fwd")(_seesaw_fwd_fake)
+    torch.library.register_fake(f"{NS}::seesaw_bwd")(_seesaw_bwd_fake)
+    torch.library.register_fake(f"{NS}::count_labels_")(_count_labels_fake)
+    _native.set_python_kernel(_python_kernel)
+    _validation._set_native_mode_setter(_native.set_validation_mode)
+else:
+    seesaw_fwd = torch.library.custom_op(f"{NS}::seesaw_fwd", _seesaw_fwd_impl, mutates_args=())
+    seesaw_fwd.register_fake(_seesaw_fwd_fake)
+    torch.library.register_autograd(f"{NS}::seesaw_fwd", _seesaw_backward, setup_context=_seesaw_setup)
+    seesaw_bwd = torch.library.custom_op(f"{NS}::seesaw_bwd", _seesaw_bwd_impl, mutates_args=())
+    seesaw_bwd.register_fake(_seesaw_bwd_fake)
+    count_labels_ = torch.library.custom_op(f"{NS}::count_labels_", _count_labels_impl, mutates_args=("counts",))
+    count_labels_.register_fake(_count_labels_fake)
+    seesaw_loss = seesaw_loss_py
+    seesaw_count_ = torch.library.custom_op(f"{NS}::seesaw_count_", _seesaw_count_impl, mutates_args=("cum_samples",))
+    seesaw_count_.register_fake(_seesaw_count_fake)
 
 
 class SeesawInplace(torch.autograd.Function):
@@ -282,21 +437,4 @@ def mix_images_(images: Tensor, lam: Tensor, index: Tensor, backend: str) -> Non
 
 @mix_images_.register_fake
 def _mix_images_inplace_fake(images, lam, index, backend):
-    return None
-
-
-# --------------------------------------------------------------------------- count_labels_
-@torch.library.custom_op(f"{NS}::count_labels_", mutates_args=("counts",))
-def count_labels_(counts: Tensor, labels: Tensor) -> None:
-    """``counts[l] += 1`` for every label l (any shape), on device, without a host sync.
-
-    Labels are checked against ``len(counts)`` *before* the buffer is touched.
-    """
-    flat = labels.reshape(-1)
-    _validation.labels_in_range(flat, "labels", counts.shape[0])
-    counts.index_add_(0, flat.long(), torch.ones_like(flat, dtype=counts.dtype))
-
-
-@count_labels_.register_fake
-def _count_labels_fake(counts, labels):
     return None

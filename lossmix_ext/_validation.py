@@ -50,6 +50,14 @@ def _mode_from_env() -> str:
 
 
 _mode = _mode_from_env()
+_MODE_CODES = {"auto": 0, "sync": 1, "off": 2}
+_native_mode_setter = None  # the native kernels' copy of the mode (set by _ops when the extension loads)
+
+
+def _set_native_mode_setter(setter) -> None:
+    global _native_mode_setter
+    _native_mode_setter = setter
+    setter(_MODE_CODES[_mode])
 
 
 def get_validation() -> str:
@@ -63,6 +71,8 @@ def set_validation(mode: str) -> str:
     if mode not in _MODES:
         raise ValueError(f"validation mode must be one of {_MODES}, got {mode!r}")
     prev, _mode = _mode, mode
+    if _native_mode_setter is not None:
+        _native_mode_setter(_MODE_CODES[mode])
     return prev
 
 

@@ -153,20 +153,39 @@ def _seesaw_class_loss(cls_score, label_sets, lam, cum_samples, p, q, eps, label
     for lab, name in zip(label_sets, names):
         V.index_tensor(lab, name, n, dev)
     V.counts_vector(cum_samples, "cum_samples", c, dev)
-    om = _ops.opmath_dtype(cls_score.dtype)
-    lw = _label_weights(label_weights, n, dev, om) / _divisor(reduction, avg_factor, n)
-    if lam is None:
-        weights = lw[None]
-    else:
-        lam = V.lam_vector(lam, n, dev).to(om)
-        weights = torch.stack([lam * lw, (1 - lam) * lw])
-    labels = torch.stack([lab.long() for lab in label_sets])
+    if label_weights is not None:
+        V.row_vector(label_weights, "label_weights", n, dev)
+    lam_t, lam_value = _lam_args(lam, n, dev) if len(label_sets) == 2 else (None, 1.0)
     op_backend = _seesaw_backend(cls_score, backend, inplace_grad)
-    rows, _, _ = _naming_labels(
-        lambda: _seesaw_op(cls_score, labels, weights, None, cum_samples, float(p), float(q), float(eps), None,
-                           op_backend, inplace_grad, resolved=True),
-        list(zip(names, label_sets)), c)
-    return _reduce_rows(rows, reduction)
+    rows, _ = _loss_op(cls_score, label_sets[0], label_sets[1] if len(label_sets) == 2 else None, lam_t, lam_value,
+                       label_weights,
+                       cum_samples, float(p), float(q), float(eps), None, False, reduction, avg_factor, 1.0,
+                       op_backend, inplace_grad)
+    return rows
+
+
+def _lam_args(lam, n: int, device):
+    """``lam`` as the op's ``(lam, lam_value)``: a checked Python number stays a number."""
+    if isinstance(lam, Real) and not isinstance(lam, bool):
+        if not 0.0 <= float(lam) <= 1.0:
+            raise ValueError(f"lam must lie in [0, 1], got {lam}")
+        return None, float(lam)
+    return V.lam_vector(lam, n, device), 1.0
+
+
+def _loss_op(logits, labels, labels_b, lam_t, lam_value, label_weights, counts, p, q, eps, ignore_index, objectness, reduction,
+             avg_factor, loss_weight, op_backend, inplace_grad):
+    """Run :func:`lossmix_ext._ops.seesaw_loss` (arguments checked, backend resolved); with
+    ``inplace_grad`` in eager mode when a gradient is needed, its Python form over
+    ``SeesawInplace``."""
+    af_t = avg_factor if isinstance(avg_factor, Tensor) else None
+    af = float(avg_factor) if avg_factor is not None and af_t is None else None
+    if _uses_inplace(logits, inplace_grad):
+        return _ops.seesaw_loss_py(logits, labels, labels_b, lam_t, lam_value, label_weights, counts, p, q, eps,
+                                   ignore_index, objectness, reduction, af_t, af, loss_weight, op_backend,
+                                   fwd=_ops.SeesawInplace.apply)
+    return _ops.seesaw_loss(logits, labels, labels_b, lam_t, lam_value, label_weights, counts, p, q, eps,
+                            ignore_index, objectness, reduction, af_t, af, loss_weight, op_backend)
 
 
 def seesaw_module_loss(cls_score: Tensor, labels: Tensor, cum_samples: Tensor, num_classes: int, *,
@@ -194,10 +213,11 @@ def _module_arg_types(num_classes, cum_samples, loss_weight) -> None:
 
 def _seesaw_module_prepare(cls_score, labels, cum_samples, num_classes, p, q, eps, label_weights, reduction,
                            avg_factor, loss_weight, labels_b, lam, backend, inplace_grad):
-    """Every check of :func:`seesaw_module_loss` (metadata, label range, finite counts, backend),
-    then a closure that runs the op. ``SeesawLoss`` updates its counts in between, so nothing
-    that can fail runs after the buffer changed. The op reads ``cum_samples`` when the closure
-    runs."""
+    """The argument checks of :func:`seesaw_module_loss` that read no tensor data, and the
+    backend, then a closure that runs the op (whose value checks run before it computes).
+    ``SeesawLoss`` counts in between with ``seesaw_count_``, which checks the label values and
+    the counts before it changes the buffer, so nothing that can fail runs after the buffer
+    changed. The op reads ``cum_samples`` when the closure runs."""
     _module_arg_types(num_classes, cum_samples, loss_weight)
     _seesaw_common(cls_score, p, q, eps, reduction, avg_factor)
     n, ct = cls_score.shape
@@ -209,41 +229,23 @@ def _seesaw_module_prepare(cls_score, labels, cum_samples, num_classes, p, q, ep
     if cum_samples.dim() != 1 or cum_samples.shape[0] not in (c, c + 1):
         raise ValueError(f"cum_samples must have shape ({c + 1},) or ({c},), got {tuple(cum_samples.shape)}")
     V.counts_vector(cum_samples, "cum_samples", cum_samples.shape[0], dev)
-    om = _ops.opmath_dtype(cls_score.dtype)
-    lw = _label_weights(label_weights, n, dev, om)
+    if label_weights is not None:
+        V.row_vector(label_weights, "label_weights", n, dev)
     if labels_b is None:
         if lam is not None:
             raise ValueError("lam is given but labels_b is None; pass both for LossMix, or neither")
-        sets = [(labels, None, "labels")]
     else:
         if lam is None:
             raise ValueError("labels_b is given but lam is None; pass both for LossMix, or neither")
         V.index_tensor(labels_b, "labels_b", n, dev)
-        lam = V.lam_vector(lam, n, dev).to(om)
-        sets = [(labels, lam, "labels"), (labels_b, 1 - lam, "labels_b")]
-    for lab, _, name in sets:
-        V.labels_in_range(lab, name, c, background=True)
-    if p > 0:
-        V.finite(cum_samples, "cum_samples")
+    lam_t, lam_value = _lam_args(lam, n, dev) if labels_b is not None else (None, 1.0)
     _flag(inplace_grad, "inplace_grad")
     op_backend = _seesaw_backend(cls_score, backend, inplace_grad)
-    cls_w, obj_w = [], []
-    obj_div = _divisor(reduction, avg_factor, n)
-    lw = lw * loss_weight  # in the per-row weights, so a plain backward scales the gradient by 1 (skipped)
-    for lab, lam_s, _ in sets:
-        w = lw if lam_s is None else lw * lam_s
-        pos = (lab < c).to(om)
-        cls_div = _divisor(reduction, avg_factor, pos.sum().clamp(min=1))
-        cls_w.append(w * pos / cls_div)
-        obj_w.append(w / obj_div)
-    labels_all = torch.stack([lab.long() for lab, _, _ in sets])
-    cls_w, obj_w = torch.stack(cls_w), torch.stack(obj_w)
+    p, q, eps = float(p), float(q), float(eps)
 
     def run() -> Tuple[Tensor, Tensor]:
-        cls_rows, obj_rows, _ = _seesaw_op(cls_score, labels_all, cls_w, obj_w, cum_samples[:c], float(p), float(q),
-                                           float(eps), c, op_backend, inplace_grad, resolved=True)
-        loss_obj = _reduce_rows(obj_rows, reduction)
-        loss_cls = _reduce_rows(cls_rows, reduction)
+        loss_cls, loss_obj = _loss_op(cls_score, labels, labels_b, lam_t, lam_value, label_weights, cum_samples, p, q, eps, None,
+                                      True, reduction, avg_factor, loss_weight, op_backend, inplace_grad)
         if reduction == "none" and labels_b is None:
             # mmdetection's shape: one entry per positive row (a host sync), and with no positive
             # row a 0-d zero (its `cls_score_classes[pos_inds].sum()`)
@@ -284,20 +286,18 @@ def _mixed_cross_entropy(logits, labels_a, labels_b, lam, label_weights, ignore_
     dev = logits.device
     V.index_tensor(labels_a, names[0], n, dev)
     V.index_tensor(labels_b, names[1], n, dev)
-    om = _ops.opmath_dtype(logits.dtype)
-    lw = _label_weights(label_weights, n, dev, om)
-    lam = V.lam_vector(lam, n, dev).to(om)
-    weights = []
-    for lab, lam_s in ((labels_a, lam), (labels_b, 1 - lam)):
-        valid = (lab != ignore_index).to(om)
-        weights.append(lam_s * lw * valid / _divisor(reduction, avg_factor, valid.sum()))
-    labels = torch.stack([labels_a.long(), labels_b.long()])
+    if label_weights is not None:
+        V.row_vector(label_weights, "label_weights", n, dev)
+    lam_t, lam_value = _lam_args(lam, n, dev)
     op_backend = _seesaw_backend(logits, backend, inplace_grad)
-    rows, _, _ = _naming_labels(
-        lambda: _seesaw_op(logits, labels, torch.stack(weights), None, None, 0.0, 0.0, 1.0, int(ignore_index),
-                           op_backend, inplace_grad, resolved=True),
-        list(zip(names, (labels_a, labels_b))), c, ignore_index)
-    return _reduce_rows(rows, reduction)
+
+    def call():
+        return _loss_op(logits, labels_a, labels_b, lam_t, lam_value, label_weights, None, 0.0, 0.0, 1.0,
+                        int(ignore_index), False, reduction, avg_factor, 1.0, op_backend, inplace_grad)[0]
+
+    if names == ("labels_a", "labels_b"):  # the op's own names
+        return call()
+    return _naming_labels(call, list(zip(names, (labels_a, labels_b))), c, ignore_index)
 
 
 def _image_batch(images, name: str = "images", *, floating_only: bool = False) -> Tensor:

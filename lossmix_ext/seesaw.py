@@ -112,23 +112,26 @@ class SeesawLoss(nn.Module):
             cls_score, labels, self.cum_samples, self.num_classes, self.p, self.q, self.eps, label_weights,
             reduction, avg_factor, self.loss_weight, labels_b, lam, self.backend, self.inplace_grad)
         with torch.no_grad():
-            self._count(labels if labels_b is None else torch.stack([labels, labels_b]))
+            self._count(labels, labels_b)
         loss_obj, loss_cls = run()
         if self.return_dict:
             return {"loss_cls_objectness": loss_obj, "loss_cls_classes": loss_cls}
         return loss_cls + loss_obj
 
-    def _count(self, labels: Tensor) -> None:
-        """Add the batch's label histogram to ``cum_samples``; with ``sync_counts`` and an
+    def _count(self, labels: Tensor, labels_b: Optional[Tensor] = None) -> None:
+        """Check the label values (and, with p > 0, that the counts are finite), then add the
+        batch's label histogram (both sets) to ``cum_samples``; with ``sync_counts`` and an
         initialised default process group, the histogram summed over all ranks (one all-reduce
-        of C+1 floats on the device, no host sync)."""
+        of C+1 floats on the device, no host sync). Nothing changes when a check fails."""
         if self.sync_counts and _dist_ready():
+            if self.p > 0:
+                V.finite(self.cum_samples, "cum_samples")
             hist = torch.zeros_like(self.cum_samples)
-            _ops.count_labels_(hist, labels)
+            _ops.seesaw_count_(hist, labels, labels_b, False)
             torch.distributed.all_reduce(hist)
             self.cum_samples.add_(hist)
         else:
-            _ops.count_labels_(self.cum_samples, labels)
+            _ops.seesaw_count_(self.cum_samples, labels, labels_b, self.p > 0)
 
 
 def _dist_ready() -> bool:

@@ -2,6 +2,11 @@
 rows scaled by exactly 1 untouched) only when nothing else can see that buffer any more: the
 graph is not kept, no other tensor shares its storage, eager mode, no saved-tensor hooks.
 Every other case must take the copying path and give the same numbers."""
+import os
+import subprocess
+import sys
+import textwrap
+
 import pytest
 import torch
 
@@ -175,15 +180,36 @@ def test_saved_tensor_hooks_see_the_gradient_and_disable_reuse():
     torch.testing.assert_close(x.grad, _call(x0, labels, weights, obj_w, counts, "torch")[2])
 
 
-def test_without_the_extension_the_backward_copies(monkeypatch):
-    monkeypatch.setattr(_ops, "_native", None)
-    x0, labels, weights, obj_w, counts = _op_inputs(obj=True)
-    n = x0.shape[0]
-    up = torch.full((n,), 0.25)
-    want = _expected_grad(x0, labels, weights, obj_w, counts, up, up)
-    got, reused = _run("torch", x0, labels, weights, obj_w, counts, up, up)
-    assert not reused
-    torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-7)
+def test_without_the_extension_the_backward_copies():
+    """The Python registration of the ops (a build without lossmix_ext._C, simulated by
+    LOSSMIX_EXT_NO_NATIVE=1 at run time) cannot query the graph task, so it never reuses."""
+    code = textwrap.dedent("""
+        import torch
+        from lossmix_ext import _ops
+        assert _ops._native is None and not _ops.NATIVE_REGISTRATION
+        g = torch.Generator().manual_seed(0)
+        x0 = torch.randn(6, 7, generator=g)
+        labels = torch.randint(0, 6, (1, 6), generator=g)
+        w = torch.rand(1, 6, generator=g) + 0.5
+        ow = torch.rand(1, 6, generator=g) + 0.5
+        counts = torch.rand(5, generator=g) * 30
+        up = torch.full((6,), 0.25)
+        _, _, g0 = _ops.seesaw_fwd(x0, labels, w, ow, counts, 0.8, 2.0, 0.01, None, "torch")
+        want = g0 * 0.25
+        x = x0.clone().requires_grad_(True)
+        loss, obj, grad = _ops.seesaw_fwd(x, labels, w, ow, counts, 0.8, 2.0, 0.01, None, "torch")
+        ptr = grad.data_ptr()
+        del grad
+        seen = []
+        x.register_hook(lambda t: seen.append(t.data_ptr()))
+        torch.autograd.backward([loss, obj], [up, up])
+        assert seen[0] != ptr
+        torch.testing.assert_close(x.grad, want, rtol=1e-6, atol=1e-7)
+        print("ok")
+    """)
+    env = dict(os.environ, LOSSMIX_EXT_NO_NATIVE="1")
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr[-3000:]
 
 
 @needs_native

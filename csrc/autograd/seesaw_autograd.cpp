@@ -1,0 +1,147 @@
+// Autograd kernel of lossmix_ext::seesaw_fwd (the C++ twin of _seesaw_setup / _seesaw_backward
+// in lossmix_ext/_ops.py, which serve builds without this extension).
+//
+// The forward computes the gradient; the backward scales it row by row by the upstream
+// gradients of the loss outputs. When nothing else can see the saved gradient any more, the
+// backward scales it in place and returns it instead of writing a new N×C tensor: (1) the graph
+// is not kept (no retain_graph / create_graph), (2) no other tensor shares its storage (the
+// op's `grad` output, or a view of it, still held by the caller), (3) eager mode on plain
+// tensors (no tensor subclass, fake / functional tensor, functorch transform) and no
+// saved-tensor hooks (which must see what is saved). In that case the forward keeps a
+// detached alias of the gradient (checked against in-place modification with its version
+// counter); otherwise the gradient is an ordinary saved tensor and the backward writes a new one.
+#include <ATen/SavedTensorHooks.h>
+#include <ATen/core/dispatch/Dispatcher.h>
+#include <c10/core/impl/LocalDispatchKeySet.h>
+#include <torch/csrc/autograd/custom_function.h>
+#include <torch/csrc/autograd/graph_task.h>
+#include <torch/library.h>
+
+#include "ops.h"
+
+namespace lmx {
+namespace {
+
+using at::Tensor;
+using c10::optional;
+using torch::autograd::AutogradContext;
+using torch::autograd::variable_list;
+
+using FwdSig = std::tuple<Tensor, Tensor, Tensor>(const Tensor&, const Tensor&, const Tensor&,
+                                                   const optional<Tensor>&, const optional<Tensor>&, double, double,
+                                                   double, optional<int64_t>, c10::string_view);
+using BwdSig = Tensor(const Tensor&, const Tensor&, const optional<Tensor>&, c10::string_view);
+
+const c10::TypedOperatorHandle<FwdSig>& fwd_op() {
+  static auto op = c10::Dispatcher::singleton().findSchemaOrThrow("lossmix_ext::seesaw_fwd", "").typed<FwdSig>();
+  return op;
+}
+
+const c10::TypedOperatorHandle<BwdSig>& bwd_op() {
+  static auto op = c10::Dispatcher::singleton().findSchemaOrThrow("lossmix_ext::seesaw_bwd", "").typed<BwdSig>();
+  return op;
+}
+
+// Keys of tensors that are not plain eager tensors, and of active functorch transforms. (Only
+// functionality keys: a backend key such as Meta would also match every dense tensor.)
+const c10::DispatchKeySet kNotPlain({c10::DispatchKey::Python, c10::DispatchKey::PythonTLSSnapshot,
+                                     c10::DispatchKey::Functionalize, c10::DispatchKey::FuncTorchBatched,
+                                     c10::DispatchKey::FuncTorchGradWrapper,
+                                     c10::DispatchKey::FuncTorchDynamicLayerFrontMode,
+                                     c10::DispatchKey::FuncTorchDynamicLayerBackMode});
+
+bool may_reuse(const Tensor& grad) {
+  if (!grad.is_contiguous() || grad.is_meta() || grad.key_set().has_any(kNotPlain)) return false;
+  if (c10::impl::tls_local_dispatch_key_set().included_.has_any(kNotPlain)) return false;
+  return !at::SavedTensorDefaultHooks::get_hooks(false).has_value();
+}
+
+}  // namespace
+
+class SeesawFwd : public torch::autograd::Function<SeesawFwd> {
+ public:
+  static variable_list forward(AutogradContext* ctx, const Tensor& logits, const Tensor& labels,
+                               const Tensor& weights, const optional<Tensor>& obj_weights,
+                               const optional<Tensor>& counts, double p, double q, double eps,
+                               optional<int64_t> ignore_index, const std::string& backend) {
+    ctx->set_materialize_grads(false);  // the unused grad output would otherwise get an N×C zero tensor
+    Tensor loss, obj, grad;
+    {
+      at::AutoDispatchBelowADInplaceOrView guard;
+      std::tie(loss, obj, grad) =
+          fwd_op().call(logits, labels, weights, obj_weights, counts, p, q, eps, ignore_index, backend);
+    }
+    ctx->saved_data["has_obj"] = obj_weights.has_value();
+    ctx->saved_data["backend"] = backend;
+    const bool alias = may_reuse(grad);
+    ctx->saved_data["alias"] = alias;
+    if (alias) {
+      ctx->saved_data["grad"] = grad.detach();
+      ctx->saved_data["version"] = static_cast<int64_t>(grad._version());
+    } else {
+      ctx->save_for_backward({grad});
+    }
+    return {loss, obj, grad};
+  }
+
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    const bool alias = ctx->saved_data["alias"].toBool();
+    const bool has_obj = ctx->saved_data["has_obj"].toBool();
+    const std::string backend = ctx->saved_data["backend"].toStringRef();
+    Tensor grad;
+    if (alias) {
+      const c10::IValue& saved = ctx->saved_data["grad"];
+      TORCH_CHECK(saved.isTensor(),
+                  "Trying to backward through the graph a second time (the Seesaw gradient saved in the forward "
+                  "has been freed or reused). Specify retain_graph=True if you need to backward through the graph "
+                  "a second time.");
+      grad = saved.toTensor();
+      const int64_t want = ctx->saved_data["version"].toInt();
+      TORCH_CHECK(static_cast<int64_t>(grad._version()) == want,
+                  "one of the variables needed for gradient computation has been modified by an inplace operation: "
+                  "the gradient output of lossmix_ext::seesaw_fwd is at version ",
+                  grad._version(), "; expected version ", want, " instead.");
+    } else {
+      grad = ctx->get_saved_variables()[0];
+    }
+    const auto om = grad.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
+    const int64_t n = grad.size(0);
+    Tensor gl = grads[0].defined() ? grads[0] : at::zeros({n}, grad.options().dtype(om));
+    optional<Tensor> go;
+    if (has_obj) go = grads[1].defined() ? grads[1] : at::zeros({n}, grad.options().dtype(om));
+    variable_list out(10);
+      if (alias && !torch::autograd::get_current_graph_task_keep_graph()) {
+      ctx->saved_data["grad"] = c10::IValue();  // released, as saved tensors are
+      if (!at::GradMode::is_enabled() && grad.has_storage() && grad.storage().use_count() == 1) {
+        out[0] = seesaw_bwd_inplace(grad, gl, go, backend);
+        return out;
+      }
+    }
+    out[0] = bwd_op().call(grad, gl, go, backend);
+    return out;
+  }
+};
+
+namespace {
+
+}  // namespace
+}  // namespace lmx
+
+namespace lmx {
+namespace {
+
+std::tuple<Tensor, Tensor, Tensor> seesaw_fwd_autograd(const Tensor& logits, const Tensor& labels,
+                                                       const Tensor& weights, const optional<Tensor>& obj_weights,
+                                                       const optional<Tensor>& counts, double p, double q, double eps,
+                                                       optional<int64_t> ignore_index, c10::string_view backend) {
+  auto out = SeesawFwd::apply(logits, labels, weights, obj_weights, counts, p, q, eps, ignore_index,
+                              std::string(backend));
+  return {out[0], out[1], out[2]};
+}
+
+}  // namespace
+}  // namespace lmx
+
+TORCH_LIBRARY_IMPL(lossmix_ext, Autograd, m) {
+  m.impl("seesaw_fwd", &lmx::seesaw_fwd_autograd);
+}

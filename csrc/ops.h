@@ -1,0 +1,54 @@
+// The dispatcher side of lossmix_ext: the op schemas (TORCH_LIBRARY in register.cpp), their
+// CPU / CUDA kernels (native when the call names the native backend, else the Python kernel
+// of lossmix_ext/_ops.py), the value checks of the native path and the autograd kernel
+// (autograd/seesaw_autograd.cpp). module.cpp exposes the setters below to Python.
+#pragma once
+
+#include <ATen/core/Tensor.h>
+#include <c10/util/Optional.h>
+
+#include <string>
+#include <tuple>
+
+namespace lmx {
+
+// ------------------------------------------------------------------ validation mode
+// Mirrors lossmix_ext._validation (set from Python on import and by set_validation).
+enum class Validate : int { Auto = 0, Sync = 1, Off = 2 };
+void set_validation_mode(int mode);
+Validate validation_mode();
+
+// Value checks with the semantics of lossmix_ext._validation: CPU tensors (and any device in
+// "sync") raise ValueError(msg); other devices in "auto" get a device-side assert; "off" skips.
+// Every label of `labels` (any shape, integral) in [0, hi) or == ignore_index.
+void check_labels(const at::Tensor& labels, const char* name, int64_t hi, c10::optional<int64_t> ignore_index);
+void check_finite(const at::Tensor& x, const char* name);
+// check_labels with the message given.
+void check_labels_msg(const at::Tensor& labels, int64_t hi, c10::optional<int64_t> ignore_index,
+                      const std::string& msg);
+
+// Set while a composite op that has already checked its values calls seesaw_fwd (same thread):
+// the kernel then skips its own, identical checks (one pass over the labels per call).
+struct ChecksDone {
+  explicit ChecksDone(bool done);
+  ~ChecksDone();
+  ChecksDone(const ChecksDone&) = delete;
+  ChecksDone& operator=(const ChecksDone&) = delete;
+  static bool active();
+
+ private:
+  bool prev_;
+};
+
+// ------------------------------------------------------------------ Python kernels
+// The kernels of the non-native backends (torch, triton) and the argument combinations the
+// native kernels leave to them are Python functions: `_ops._python_kernel(op, backend, *args)`.
+// Set once from Python; called with the GIL.
+void set_python_kernel(void* callable /* PyObject*, a new reference is kept */);
+
+// ------------------------------------------------------------------ kernels used by autograd
+// seesaw_bwd with the result written over `grad` (rows scaled by exactly 1 untouched).
+at::Tensor seesaw_bwd_inplace(const at::Tensor& grad, const at::Tensor& grad_loss,
+                              const c10::optional<at::Tensor>& grad_obj, const std::string& backend);
+
+}  // namespace lmx
