@@ -284,7 +284,7 @@ TORCH_LIBRARY(lossmix_ext, m) {
   m.def("seesaw_loss(Tensor logits, Tensor labels, Tensor? labels_b, Tensor? lam, float lam_value, "
         "Tensor? label_weights, Tensor? counts, float p, float q, float eps, int? ignore_index, bool objectness, "
         "str reduction, Tensor? avg_factor_tensor, float? avg_factor, float loss_weight, str backend) "
-        "-> (Tensor, Tensor)");
+        "-> (Tensor, Tensor, Tensor)");
 }
 
 TORCH_LIBRARY_IMPL(lossmix_ext, CPU, m) {

@@ -1,7 +1,8 @@
 // lossmix_ext::seesaw_loss — the whole loss of the public Seesaw / mixed cross-entropy functions
-// in one dispatcher call (CompositeImplicitAutograd): value checks with the caller's argument
-// names, the per-row weights (λ, label weights, loss weight, reduction divisors), one
-// seesaw_fwd (which carries the autograd) and the reduction. Contract in lossmix_ext/_ops.py.
+// in one dispatcher call: value checks with the caller's argument names, the per-row weights
+// (λ, label weights, loss weight, reduction divisors), one seesaw_fwd and the reduction.
+// Registered for every backend (CompositeExplicitAutograd); its autograd kernel, one node for
+// the whole loss, is in autograd/seesaw_autograd.cpp. Contract in lossmix_ext/_ops.py.
 #include <ATen/ATen.h>
 #include <ATen/core/dispatch/Dispatcher.h>
 #include <torch/library.h>
@@ -40,7 +41,64 @@ void check_background_labels(const Tensor& labels, const char* name, int64_t C) 
 
 Tensor count_float(const Tensor& mask, at::ScalarType om) { return mask.sum(at::kLong).to(om); }
 
-std::tuple<Tensor, Tensor> seesaw_loss(const Tensor& logits, const Tensor& labels, const optional<Tensor>& labels_b,
+std::tuple<Tensor, Tensor, Tensor> reduce(const Tensor& cls_rows, const Tensor& obj_rows, const Tensor& grad,
+                                          c10::string_view reduction, bool objectness) {
+  if (reduction == "none") return {cls_rows, obj_rows, grad};
+  return {cls_rows.sum(), objectness ? obj_rows.sum() : obj_rows, grad};
+}
+
+// The per-row weights of CPU tensors, written in one loop (the ATen path of seesaw_loss costs a
+// few microseconds of host time per small op). Same formulas: per set s, class weight
+// base·λ_s/div_s, objectness weight base·λ_s/div_obj.
+struct CpuWeightArgs {
+  const int64_t* lab[2];
+  int S;
+  int64_t n, C;
+  const void* lw;      // (n,) opmath or null
+  const void* lam;     // (n,) opmath or null (then lam_value)
+  double lam_value, loss_weight;
+  bool mean, objectness, has_avg;
+  double avg;          // avg_factor + eps
+  optional<int64_t> ignore_index;
+};
+
+template <class T>
+void cpu_weights(const CpuWeightArgs& a, T* w, T* ow) {
+  const T* lw = static_cast<const T*>(a.lw);
+  const T* lam = static_cast<const T*>(a.lam);
+  for (int s = 0; s < a.S; ++s) {
+    const int64_t* lab = a.lab[s];
+    double div = 1.0, obj_div = 1.0;
+    if (a.mean) {
+      if (a.has_avg) {
+        div = obj_div = a.avg;
+      } else {
+        obj_div = static_cast<double>(a.n);
+        if (a.objectness || a.ignore_index.has_value()) {
+          int64_t cnt = 0;
+          for (int64_t i = 0; i < a.n; ++i)
+            cnt += a.objectness ? (lab[i] < a.C) : (lab[i] != *a.ignore_index);
+          div = a.objectness ? static_cast<double>(std::max<int64_t>(cnt, 1)) : static_cast<double>(cnt);
+        } else {
+          div = static_cast<double>(a.n);
+        }
+      }
+    }
+    const T inv = static_cast<T>(1.0 / div), inv_obj = static_cast<T>(1.0 / obj_div);
+    for (int64_t i = 0; i < a.n; ++i) {
+      T b = lw != nullptr ? lw[i] : T(1);
+      b *= static_cast<T>(a.loss_weight);
+      T l = lam != nullptr ? lam[i] : static_cast<T>(a.lam_value);
+      if (s == 1) l = T(1) - l;
+      if (a.S == 1) l = T(1);
+      const T base = b * l;
+      w[s * a.n + i] = div == 0.0 ? base / static_cast<T>(div) : base * inv;
+      if (ow != nullptr) ow[s * a.n + i] = base * inv_obj;
+    }
+  }
+}
+
+std::tuple<Tensor, Tensor, Tensor> seesaw_loss(const Tensor& logits, const Tensor& labels, const optional<Tensor>& labels_b,
                                        const optional<Tensor>& lam, double lam_value,
                                        const optional<Tensor>& label_weights, const optional<Tensor>& counts,
                                        double p, double q, double eps, optional<int64_t> ignore_index,
@@ -69,13 +127,58 @@ std::tuple<Tensor, Tensor> seesaw_loss(const Tensor& logits, const Tensor& label
     if (counts.has_value() && p > 0 && readable(*counts)) check_finite(*counts, "cum_samples");
   }
 
+  const bool mean = reduction == "mean";
+  const bool has_avg = avg_factor_t.has_value() || avg_factor.has_value();
+  optional<Tensor> counts_c = counts;  // seesaw_fwd takes C counts (SeesawLoss keeps C + 1)
+  if (counts.has_value() && counts->dim() == 1 && counts->size(0) > C) counts_c = counts->slice(0, 0, C);
+  const optional<int64_t> fwd_ignore = objectness ? optional<int64_t>(C) : ignore_index;
+
+  if (logits.is_cpu() && check && n > 0 && (!label_weights.has_value() || readable(*label_weights)) &&
+      (!lam.has_value() || readable(*lam)) && (!avg_factor_t.has_value() || readable(*avg_factor_t))) {
+    const int S = pair ? 2 : 1;
+    Tensor all_labels = pair ? at::stack({labels.to(at::kLong), labels_b->to(at::kLong)})
+                             : labels.to(at::kLong).reshape({1, n}).contiguous();
+    all_labels = all_labels.contiguous();
+    CpuWeightArgs a;
+    a.lab[0] = all_labels.const_data_ptr<int64_t>();
+    a.lab[1] = pair ? a.lab[0] + n : nullptr;
+    a.S = S;
+    a.n = n;
+    a.C = C;
+    Tensor lw = label_weights.has_value() ? label_weights->to(om).contiguous() : Tensor();
+    Tensor lm = pair && lam.has_value() ? lam->to(om).contiguous() : Tensor();
+    a.lw = lw.defined() ? lw.const_data_ptr() : nullptr;
+    a.lam = lm.defined() ? lm.const_data_ptr() : nullptr;
+    a.lam_value = lam_value;
+    a.loss_weight = loss_weight;
+    a.mean = mean;
+    a.objectness = objectness;
+    a.has_avg = has_avg;
+    a.avg = has_avg ? (avg_factor_t.has_value() ? avg_factor_t->item<double>() : *avg_factor) + kF32Eps : 1.0;
+    a.ignore_index = ignore_index;
+    Tensor weights = at::empty({S, n}, opts);
+    optional<Tensor> obj_weights;
+    if (objectness) obj_weights = at::empty({S, n}, opts);
+    if (om == at::kDouble)
+      cpu_weights<double>(a, weights.mutable_data_ptr<double>(),
+                          objectness ? obj_weights->mutable_data_ptr<double>() : nullptr);
+    else
+      cpu_weights<float>(a, weights.mutable_data_ptr<float>(),
+                         objectness ? obj_weights->mutable_data_ptr<float>() : nullptr);
+    Tensor cls_rows, obj_rows, grad;
+    {
+      ChecksDone done(true);
+      std::tie(cls_rows, obj_rows, grad) =
+          fwd.call(logits, all_labels, weights, obj_weights, counts_c, p, q, eps, fwd_ignore, backend);
+    }
+    return reduce(cls_rows, obj_rows, grad, reduction, objectness);
+  }
+
   // Per-row base weight: label weights × loss weight.
   Tensor base;
   if (label_weights.has_value()) base = label_weights->to(om);
   if (loss_weight != 1.0) base = base.defined() ? base * loss_weight : at::full({n}, loss_weight, opts);
 
-  const bool mean = reduction == "mean";
-  const bool has_avg = avg_factor_t.has_value() || avg_factor.has_value();
   Tensor avg_div;  // the avg_factor divisor as a tensor (when avg_factor is one)
   double avg_div_value = 1.0;
   if (mean && has_avg) {
@@ -147,21 +250,18 @@ std::tuple<Tensor, Tensor> seesaw_loss(const Tensor& logits, const Tensor& label
     weights = set_weight(lab_a, Tensor(), 1.0).unsqueeze(0);
     if (objectness) obj_weights = obj_weight(Tensor(), 1.0).unsqueeze(0);
   }
-  optional<Tensor> counts_c = counts;  // seesaw_fwd takes C counts (SeesawLoss keeps C + 1)
-  if (counts.has_value() && counts->dim() == 1 && counts->size(0) > C) counts_c = counts->slice(0, 0, C);
-  Tensor cls_rows, obj_rows;
+  Tensor cls_rows, obj_rows, grad;
   {
     ChecksDone done(check);
-    std::tie(cls_rows, obj_rows, std::ignore) = fwd.call(logits, all_labels, weights, obj_weights, counts_c, p, q, eps,
-                                                         objectness ? optional<int64_t>(C) : ignore_index, backend);
+    std::tie(cls_rows, obj_rows, grad) = fwd.call(logits, all_labels, weights, obj_weights, counts_c, p, q, eps,
+                                                         fwd_ignore, backend);
   }
-  if (reduction == "none") return {cls_rows, obj_rows};
-  return {cls_rows.sum(), objectness ? obj_rows.sum() : obj_rows};
+  return reduce(cls_rows, obj_rows, grad, reduction, objectness);
 }
 
 }  // namespace
 }  // namespace lmx
 
-TORCH_LIBRARY_IMPL(lossmix_ext, CompositeImplicitAutograd, m) {
+TORCH_LIBRARY_IMPL(lossmix_ext, CompositeExplicitAutograd, m) {
   m.impl("seesaw_loss", &lmx::seesaw_loss);
 }

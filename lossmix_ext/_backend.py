@@ -49,6 +49,7 @@ def register_kernel(op: str, backend: str) -> Callable[[Callable], Callable]:
 
     def deco(fn: Callable) -> Callable:
         _kernels[(op, backend)] = fn
+        _resolved.clear()
         return fn
 
     return deco
@@ -129,6 +130,7 @@ def set_default_backend(name: str) -> str:
     if name != "auto" and name not in BACKENDS:
         raise ValueError(f"backend must be 'auto' or one of {BACKENDS}, got {name!r}")
     prev, _default = _default, name
+    _resolved.clear()
     return prev
 
 
@@ -146,11 +148,20 @@ def _resolve(op: str, backend: Optional[str], device_type: str) -> str:
     raise BackendUnavailableError(f"no backend can run {op} on {device_type} tensors")
 
 
+_resolved: Dict[Tuple[str, Optional[str], str, str], str] = {}  # successful resolutions (host-path cache)
+
+
 def resolve(op: str, backend: Optional[str], device: torch.device) -> str:
     """The concrete backend name to use for ``op`` on ``device`` tensors."""
     if backend is not None and not isinstance(backend, str):
         raise TypeError(f"backend must be a string or None, got {type(backend).__name__}")
-    return _resolve(op, backend, device.type)
+    if torch.compiler.is_compiling():
+        return _resolve(op, backend, device.type)
+    key = (op, backend, device.type, _default)
+    name = _resolved.get(key)
+    if name is None:
+        name = _resolved[key] = _resolve(op, backend, device.type)
+    return name
 
 
 def kernel(op: str, backend: str) -> Callable:

@@ -242,8 +242,9 @@ def _seesaw_backward(ctx, grad_loss, grad_obj, _grad_grad):
 #         avg_factor + float32 eps when given, else by the number of its rows with a class loss
 #         (clamped to >= 1 with objectness); the objectness loss by avg_factor + eps, else N.
 #     avg_factor_tensor (0-d or (1,)) or avg_factor (float), at most one
-#     returns (class loss, objectness loss): scalars, or per-row (N,) with "none"; the
-#         objectness loss is (0,) without objectness.
+#     returns (class loss, objectness loss, grad): the losses are scalars, or per-row (N,) with
+#         "none" (the objectness loss is (0,) without objectness); grad (N, CT) is
+#         d(Σ class loss + Σ objectness loss)/d logits, as seesaw_fwd's.
 # With the extension this is a C++ composite (csrc/seesaw_loss.cpp); otherwise the Python below,
 # which also serves `inplace_grad` (through `fwd=SeesawInplace.apply`).
 _F32_EPS = float(torch.finfo(torch.float32).eps)
@@ -295,11 +296,21 @@ def seesaw_loss_py(logits, labels, labels_b, lam, lam_value, label_weights, coun
     if counts is not None and counts.dim() == 1 and counts.shape[0] > c:
         counts = counts[:c]  # seesaw_fwd takes C counts (SeesawLoss keeps C + 1)
     fwd = fwd or seesaw_fwd
-    cls_rows, obj_rows, _ = fwd(logits, all_labels, torch.stack(cls_w), torch.stack(obj_w) if objectness else None,
+    cls_rows, obj_rows, grad = fwd(logits, all_labels, torch.stack(cls_w), torch.stack(obj_w) if objectness else None,
                                 counts, p, q, eps, c if objectness else ignore_index, backend)
     if reduction == "none":
-        return cls_rows, obj_rows
-    return cls_rows.sum(), obj_rows.sum() if objectness else obj_rows
+        return cls_rows, obj_rows, grad
+    return cls_rows.sum(), obj_rows.sum() if objectness else obj_rows, grad
+
+
+def _seesaw_loss_fake(logits, labels, labels_b, lam, lam_value, label_weights, counts, p, q, eps, ignore_index,
+                      objectness, reduction, avg_factor_tensor, avg_factor, loss_weight, backend):
+    n = logits.shape[0]
+    om = opmath_dtype(logits.dtype)
+    shape = (n,) if reduction == "none" else ()
+    cls = logits.new_empty(shape, dtype=om)
+    obj = logits.new_empty(shape if objectness else (0,), dtype=om)
+    return cls, obj, torch.empty_like(logits, memory_format=torch.contiguous_format)
 
 
 if NATIVE_REGISTRATION:
@@ -308,6 +319,7 @@ if NATIVE_REGISTRATION:
     count_labels_ = torch.ops.lossmix_ext.count_labels_.default
     seesaw_loss = torch.ops.lossmix_ext.seesaw_loss.default
     seesaw_count_ = torch.ops.lossmix_ext.seesaw_count_.default
+    torch.library.register_fake(f"{NS}::seesaw_loss")(_seesaw_loss_fake)
     torch.library.register_fake(f"{NS}::seesaw_count_")(_seesaw_count_fake)
     torch.library.register_fake(f"{NS}::seesaw_fwd")(_seesaw_fwd_fake)
     torch.library.register_fake(f"{NS}::seesaw_bwd")(_seesaw_bwd_fake)

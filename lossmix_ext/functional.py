@@ -29,17 +29,6 @@ def _divisor(reduction: str, avg_factor, count):
     return count
 
 
-def _reduce_rows(rows: Tensor, reduction: str) -> Tensor:
-    return rows if reduction == "none" else rows.sum()
-
-
-def _label_weights(label_weights, n: int, device, om) -> Tensor:
-    if label_weights is None:
-        return torch.ones((n,), dtype=om, device=device)
-    V.row_vector(label_weights, "label_weights", n, device)
-    return label_weights.to(om)
-
-
 def _avg_factor(avg_factor, device) -> None:
     """``None``, a finite number, or a one-element real tensor (0-d, or (1,) on ``device``)."""
     if avg_factor is None:
@@ -93,7 +82,7 @@ def _uses_inplace(logits: Tensor, inplace_grad: bool) -> bool:
 
 
 def _seesaw_backend(logits: Tensor, backend: Optional[str], inplace_grad: bool) -> str:
-    """Check the ``inplace_grad`` preconditions and resolve the backend of :func:`_seesaw_op`."""
+    """Check the ``inplace_grad`` preconditions and resolve the backend of :func:`_loss_op`."""
     if _uses_inplace(logits, inplace_grad):
         if logits.is_leaf:
             raise ValueError("inplace_grad=True overwrites the scores, so they must come out of an op "
@@ -102,16 +91,6 @@ def _seesaw_backend(logits: Tensor, backend: Optional[str], inplace_grad: bool) 
             raise ValueError("inplace_grad=True needs contiguous scores")
         return _backend.resolve("seesaw_fwd_inplace", backend, logits.device)
     return _backend.resolve("seesaw_fwd", backend, logits.device)
-
-
-def _seesaw_op(logits, labels, weights, obj_weights, counts, p, q, eps, ignore_index, backend, inplace_grad,
-               resolved: bool = False):
-    """Run ``seesaw_fwd`` — or, with ``inplace_grad`` in eager mode when a gradient is needed, its
-    variant that stores the gradient over ``logits`` — resolving the backend unless ``resolved``."""
-    name = backend if resolved else _seesaw_backend(logits, backend, inplace_grad)
-    if _uses_inplace(logits, inplace_grad):
-        return _ops.SeesawInplace.apply(logits, labels, weights, obj_weights, counts, p, q, eps, ignore_index, name)
-    return _ops.seesaw_fwd(logits, labels, weights, obj_weights, counts, p, q, eps, ignore_index, name)
 
 
 def seesaw_loss(cls_score: Tensor, labels: Tensor, cum_samples: Tensor, *, p: float = 0.8, q: float = 2.0,
@@ -181,11 +160,13 @@ def _loss_op(logits, labels, labels_b, lam_t, lam_value, label_weights, counts, 
     af_t = avg_factor if isinstance(avg_factor, Tensor) else None
     af = float(avg_factor) if avg_factor is not None and af_t is None else None
     if _uses_inplace(logits, inplace_grad):
-        return _ops.seesaw_loss_py(logits, labels, labels_b, lam_t, lam_value, label_weights, counts, p, q, eps,
-                                   ignore_index, objectness, reduction, af_t, af, loss_weight, op_backend,
-                                   fwd=_ops.SeesawInplace.apply)
-    return _ops.seesaw_loss(logits, labels, labels_b, lam_t, lam_value, label_weights, counts, p, q, eps,
-                            ignore_index, objectness, reduction, af_t, af, loss_weight, op_backend)
+        out = _ops.seesaw_loss_py(logits, labels, labels_b, lam_t, lam_value, label_weights, counts, p, q, eps,
+                                  ignore_index, objectness, reduction, af_t, af, loss_weight, op_backend,
+                                  fwd=_ops.SeesawInplace.apply)
+    else:
+        out = _ops.seesaw_loss(logits, labels, labels_b, lam_t, lam_value, label_weights, counts, p, q, eps,
+                               ignore_index, objectness, reduction, af_t, af, loss_weight, op_backend)
+    return out[0], out[1]  # the gradient output is not kept (the backward may reuse its buffer)
 
 
 def seesaw_module_loss(cls_score: Tensor, labels: Tensor, cum_samples: Tensor, num_classes: int, *,

@@ -42,6 +42,18 @@ const c10::TypedOperatorHandle<BwdSig>& bwd_op() {
   return op;
 }
 
+using LossSig = std::tuple<Tensor, Tensor, Tensor>(const Tensor&, const Tensor&, const optional<Tensor>&,
+                                                    const optional<Tensor>&, double, const optional<Tensor>&,
+                                                    const optional<Tensor>&, double, double, double,
+                                                    optional<int64_t>, bool, c10::string_view,
+                                                    const optional<Tensor>&, optional<double>, double,
+                                                    c10::string_view);
+
+const c10::TypedOperatorHandle<LossSig>& loss_op() {
+  static auto op = c10::Dispatcher::singleton().findSchemaOrThrow("lossmix_ext::seesaw_loss", "").typed<LossSig>();
+  return op;
+}
+
 // Keys of tensors that are not plain eager tensors, and of active functorch transforms. (Only
 // functionality keys: a backend key such as Meta would also match every dense tensor.)
 const c10::DispatchKeySet kNotPlain({c10::DispatchKey::Python, c10::DispatchKey::PythonTLSSnapshot,
@@ -56,7 +68,62 @@ bool may_reuse(const Tensor& grad) {
   return !at::SavedTensorDefaultHooks::get_hooks(false).has_value();
 }
 
-}  // namespace
+// The saved gradient of a forward (seesaw_fwd, seesaw_loss) and the backward that scales it.
+void save_grad(AutogradContext* ctx, const Tensor& grad, bool has_obj, const std::string& op, const std::string& backend) {
+  ctx->set_materialize_grads(false);  // the unused grad output would otherwise get an N×C zero tensor
+  ctx->saved_data["has_obj"] = has_obj;
+  ctx->saved_data["backend"] = backend;
+  ctx->saved_data["op"] = op;
+  const bool alias = may_reuse(grad);
+  ctx->saved_data["alias"] = alias;
+  if (alias) {
+    ctx->saved_data["grad"] = grad.detach();
+    ctx->saved_data["version"] = static_cast<int64_t>(grad._version());
+  } else {
+    ctx->save_for_backward({grad});
+  }
+}
+
+// Upstream gradient of a loss output as per-row factors: undefined -> zeros, 0-d (a reduced
+// loss) -> expanded over the rows (a view: no copy).
+Tensor row_factors(const Tensor& g, int64_t n, const at::TensorOptions& opts) {
+  if (!g.defined()) return at::zeros({n}, opts);
+  return g.dim() == 0 ? g.expand({n}) : g;
+}
+
+Tensor scale_saved_grad(AutogradContext* ctx, const variable_list& grads) {
+  const bool alias = ctx->saved_data["alias"].toBool();
+  const bool has_obj = ctx->saved_data["has_obj"].toBool();
+  const std::string backend = ctx->saved_data["backend"].toStringRef();
+  Tensor grad;
+  if (alias) {
+    const c10::IValue& saved = ctx->saved_data["grad"];
+    TORCH_CHECK(saved.isTensor(),
+                "Trying to backward through the graph a second time (the Seesaw gradient saved in the forward "
+                "has been freed or reused). Specify retain_graph=True if you need to backward through the graph "
+                "a second time.");
+    grad = saved.toTensor();
+    const int64_t want = ctx->saved_data["version"].toInt();
+    TORCH_CHECK(static_cast<int64_t>(grad._version()) == want,
+                "one of the variables needed for gradient computation has been modified by an inplace operation: "
+                "the gradient output of lossmix_ext::", ctx->saved_data["op"].toStringRef(), " is at version ",
+                grad._version(), "; expected version ", want, " instead.");
+  } else {
+    grad = ctx->get_saved_variables()[0];
+  }
+  const auto om = grad.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
+  const int64_t n = grad.size(0);
+  const auto opts = grad.options().dtype(om);
+  Tensor gl = row_factors(grads[0], n, opts);
+  optional<Tensor> go;
+  if (has_obj) go = row_factors(grads[1], n, opts);
+  if (alias && !torch::autograd::get_current_graph_task_keep_graph()) {
+    ctx->saved_data["grad"] = c10::IValue();  // released, as saved tensors are
+    if (!at::GradMode::is_enabled() && grad.has_storage() && grad.storage().use_count() == 1)
+      return seesaw_bwd_inplace(grad, gl, go, backend);
+  }
+  return bwd_op().call(grad, gl, go, backend);
+}
 
 class SeesawFwd : public torch::autograd::Function<SeesawFwd> {
  public:
@@ -64,71 +131,50 @@ class SeesawFwd : public torch::autograd::Function<SeesawFwd> {
                                const Tensor& weights, const optional<Tensor>& obj_weights,
                                const optional<Tensor>& counts, double p, double q, double eps,
                                optional<int64_t> ignore_index, const std::string& backend) {
-    ctx->set_materialize_grads(false);  // the unused grad output would otherwise get an N×C zero tensor
     Tensor loss, obj, grad;
     {
       at::AutoDispatchBelowADInplaceOrView guard;
       std::tie(loss, obj, grad) =
           fwd_op().call(logits, labels, weights, obj_weights, counts, p, q, eps, ignore_index, backend);
     }
-    ctx->saved_data["has_obj"] = obj_weights.has_value();
-    ctx->saved_data["backend"] = backend;
-    const bool alias = may_reuse(grad);
-    ctx->saved_data["alias"] = alias;
-    if (alias) {
-      ctx->saved_data["grad"] = grad.detach();
-      ctx->saved_data["version"] = static_cast<int64_t>(grad._version());
-    } else {
-      ctx->save_for_backward({grad});
-    }
+    save_grad(ctx, grad, obj_weights.has_value(), "seesaw_fwd", backend);
     return {loss, obj, grad};
   }
 
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
-    const bool alias = ctx->saved_data["alias"].toBool();
-    const bool has_obj = ctx->saved_data["has_obj"].toBool();
-    const std::string backend = ctx->saved_data["backend"].toStringRef();
-    Tensor grad;
-    if (alias) {
-      const c10::IValue& saved = ctx->saved_data["grad"];
-      TORCH_CHECK(saved.isTensor(),
-                  "Trying to backward through the graph a second time (the Seesaw gradient saved in the forward "
-                  "has been freed or reused). Specify retain_graph=True if you need to backward through the graph "
-                  "a second time.");
-      grad = saved.toTensor();
-      const int64_t want = ctx->saved_data["version"].toInt();
-      TORCH_CHECK(static_cast<int64_t>(grad._version()) == want,
-                  "one of the variables needed for gradient computation has been modified by an inplace operation: "
-                  "the gradient output of lossmix_ext::seesaw_fwd is at version ",
-                  grad._version(), "; expected version ", want, " instead.");
-    } else {
-      grad = ctx->get_saved_variables()[0];
-    }
-    const auto om = grad.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
-    const int64_t n = grad.size(0);
-    Tensor gl = grads[0].defined() ? grads[0] : at::zeros({n}, grad.options().dtype(om));
-    optional<Tensor> go;
-    if (has_obj) go = grads[1].defined() ? grads[1] : at::zeros({n}, grad.options().dtype(om));
     variable_list out(10);
-      if (alias && !torch::autograd::get_current_graph_task_keep_graph()) {
-      ctx->saved_data["grad"] = c10::IValue();  // released, as saved tensors are
-      if (!at::GradMode::is_enabled() && grad.has_storage() && grad.storage().use_count() == 1) {
-        out[0] = seesaw_bwd_inplace(grad, gl, go, backend);
-        return out;
-      }
-    }
-    out[0] = bwd_op().call(grad, gl, go, backend);
+    out[0] = scale_saved_grad(ctx, grads);
     return out;
   }
 };
 
-namespace {
+// seesaw_loss: one node for the whole loss (the fused gradient already carries the weights and
+// the reduction's divisors; the backward scales it by the upstream gradients).
+class SeesawLoss : public torch::autograd::Function<SeesawLoss> {
+ public:
+  static variable_list forward(AutogradContext* ctx, const Tensor& logits, const Tensor& labels,
+                               const optional<Tensor>& labels_b, const optional<Tensor>& lam, double lam_value,
+                               const optional<Tensor>& label_weights, const optional<Tensor>& counts, double p,
+                               double q, double eps, optional<int64_t> ignore_index, bool objectness,
+                               const std::string& reduction, const optional<Tensor>& avg_factor_t,
+                               optional<double> avg_factor, double loss_weight, const std::string& backend) {
+    Tensor cls, obj, grad;
+    {
+      at::AutoDispatchBelowADInplaceOrView guard;
+      std::tie(cls, obj, grad) =
+          loss_op().call(logits, labels, labels_b, lam, lam_value, label_weights, counts, p, q, eps, ignore_index,
+                         objectness, reduction, avg_factor_t, avg_factor, loss_weight, backend);
+    }
+    save_grad(ctx, grad, objectness, "seesaw_loss", backend);
+    return {cls, obj, grad};
+  }
 
-}  // namespace
-}  // namespace lmx
-
-namespace lmx {
-namespace {
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    variable_list out(17);
+    out[0] = scale_saved_grad(ctx, grads);
+    return out;
+  }
+};
 
 std::tuple<Tensor, Tensor, Tensor> seesaw_fwd_autograd(const Tensor& logits, const Tensor& labels,
                                                        const Tensor& weights, const optional<Tensor>& obj_weights,
@@ -139,9 +185,22 @@ std::tuple<Tensor, Tensor, Tensor> seesaw_fwd_autograd(const Tensor& logits, con
   return {out[0], out[1], out[2]};
 }
 
+std::tuple<Tensor, Tensor, Tensor> seesaw_loss_autograd(
+    const Tensor& logits, const Tensor& labels, const optional<Tensor>& labels_b, const optional<Tensor>& lam,
+    double lam_value, const optional<Tensor>& label_weights, const optional<Tensor>& counts, double p, double q,
+    double eps, optional<int64_t> ignore_index, bool objectness, c10::string_view reduction,
+    const optional<Tensor>& avg_factor_t, optional<double> avg_factor, double loss_weight,
+    c10::string_view backend) {
+  auto out = SeesawLoss::apply(logits, labels, labels_b, lam, lam_value, label_weights, counts, p, q, eps,
+                               ignore_index, objectness, std::string(reduction), avg_factor_t, avg_factor,
+                               loss_weight, std::string(backend));
+  return {out[0], out[1], out[2]};
+}
+
 }  // namespace
 }  // namespace lmx
 
 TORCH_LIBRARY_IMPL(lossmix_ext, Autograd, m) {
   m.impl("seesaw_fwd", &lmx::seesaw_fwd_autograd);
+  m.impl("seesaw_loss", &lmx::seesaw_loss_autograd);
 }
