@@ -40,6 +40,40 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         "value-check mode of the native kernels: 0 auto, 1 sync, 2 off (set by lossmix_ext._validation)");
   m.def("set_python_kernel", [](py::object fn) { lmx::set_python_kernel(fn.ptr()); },
         "the Python function the registered ops call for non-native backends: fn(op, backend, *args)");
+  // The eager path of lossmix_ext.functional: lossmix_ext::seesaw_loss through the dispatcher
+  // (autograd included), with pybind11's argument conversion instead of the schema-driven
+  // parsing of torch.ops (a few microseconds per call at training shapes).
+  m.def("seesaw_loss_call",
+        [](const at::Tensor& logits, const at::Tensor& labels, const c10::optional<at::Tensor>& labels_b,
+           const c10::optional<at::Tensor>& lam, double lam_value, const c10::optional<at::Tensor>& label_weights,
+           const c10::optional<at::Tensor>& counts, double p, double q, double eps,
+           c10::optional<int64_t> ignore_index, bool objectness, const std::string& reduction,
+           const c10::optional<at::Tensor>& avg_factor_t, c10::optional<double> avg_factor, double loss_weight,
+           const std::string& backend) {
+          static auto op = c10::Dispatcher::singleton()
+                               .findSchemaOrThrow("lossmix_ext::seesaw_loss", "")
+                               .typed<std::tuple<at::Tensor, at::Tensor, at::Tensor>(
+                                   const at::Tensor&, const at::Tensor&, const c10::optional<at::Tensor>&,
+                                   const c10::optional<at::Tensor>&, double, const c10::optional<at::Tensor>&,
+                                   const c10::optional<at::Tensor>&, double, double, double,
+                                   c10::optional<int64_t>, bool, c10::string_view,
+                                   const c10::optional<at::Tensor>&, c10::optional<double>, double,
+                                   c10::string_view)>();
+          pybind11::gil_scoped_release no_gil;
+          return op.call(logits, labels, labels_b, lam, lam_value, label_weights, counts, p, q, eps, ignore_index,
+                         objectness, reduction, avg_factor_t, avg_factor, loss_weight, backend);
+        },
+        "lossmix_ext::seesaw_loss (eager calls from lossmix_ext.functional)");
+  m.def("seesaw_count_call",
+        [](at::Tensor& cum_samples, const at::Tensor& labels, const c10::optional<at::Tensor>& labels_b,
+           bool check_finite) {
+          static auto op = c10::Dispatcher::singleton()
+                               .findSchemaOrThrow("lossmix_ext::seesaw_count_", "")
+                               .typed<void(at::Tensor&, const at::Tensor&, const c10::optional<at::Tensor>&, bool)>();
+          pybind11::gil_scoped_release no_gil;
+          op.call(cum_samples, labels, labels_b, check_finite);
+        },
+        "lossmix_ext::seesaw_count_ (eager calls from SeesawLoss)");
   m.def("checks_done", &lmx::ChecksDone::active,
         "whether the running seesaw_fwd was called by a composite op that has checked its values already");
   m.def("cpu_isa", &lmx_cpu::isa, "instruction set of the CPU kernels in use ('avx2' or 'baseline')");

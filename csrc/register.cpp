@@ -247,6 +247,36 @@ void check_labels_msg(const Tensor& labels, int64_t hi, optional<int64_t> ignore
   device_check(bad.any(), msg);
 }
 
+bool tracing(const Tensor& t) {
+  static const c10::DispatchKeySet keys({c10::DispatchKey::Python, c10::DispatchKey::PythonTLSSnapshot,
+                                         c10::DispatchKey::Functionalize, c10::DispatchKey::FuncTorchBatched,
+                                         c10::DispatchKey::FuncTorchGradWrapper});
+  return t.key_set().has_any(keys) || t.is_meta() || !t.has_storage();  // functionality keys only
+}
+
+void check_unit_interval(const Tensor& x, const char* name) {
+  if (validation_mode() == Validate::Off || x.numel() == 0) return;
+  const std::string msg = std::string(name) + " must lie in [0, 1] (found a value outside, or nan)";
+  if (tracing(x)) {
+    at::_assert_async(at::logical_and(x >= 0, x <= 1).all(), msg);
+    return;
+  }
+  if (x.is_cpu()) {
+    const Tensor c = x.contiguous();
+    bool bad = false;
+    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, c.scalar_type(), "check_unit_interval", [&] {
+      const scalar_t* p = c.const_data_ptr<scalar_t>();
+      for (int64_t i = 0, n = c.numel(); i < n; ++i) {
+        const double v = static_cast<double>(p[i]);
+        bad |= !(v >= 0.0 && v <= 1.0);
+      }
+    });
+    TORCH_CHECK_VALUE(!bad, msg);
+    return;
+  }
+  device_check(at::logical_not(at::logical_and(x >= 0, x <= 1).all()), msg);
+}
+
 void check_finite(const Tensor& x, const char* name) {
   if (validation_mode() == Validate::Off || x.numel() == 0) return;
   const std::string msg = std::string(name) + " must be finite (found inf or nan)";
@@ -281,6 +311,8 @@ TORCH_LIBRARY(lossmix_ext, m) {
   m.def("seesaw_bwd(Tensor grad, Tensor grad_loss, Tensor? grad_obj, str backend) -> Tensor");
   m.def("count_labels_(Tensor(a!) counts, Tensor labels) -> ()");
   m.def("seesaw_count_(Tensor(a!) cum_samples, Tensor labels, Tensor? labels_b, bool check_finite) -> ()");
+  m.def("lossmix_reduce(Tensor loss_a, Tensor loss_b, Tensor? lam, float lam_value, Tensor? weights, str reduction, "
+        "Tensor? avg_factor_tensor, float? avg_factor) -> Tensor");
   m.def("seesaw_loss(Tensor logits, Tensor labels, Tensor? labels_b, Tensor? lam, float lam_value, "
         "Tensor? label_weights, Tensor? counts, float p, float q, float eps, int? ignore_index, bool objectness, "
         "str reduction, Tensor? avg_factor_tensor, float? avg_factor, float loss_weight, str backend) "

@@ -313,12 +313,48 @@ def _seesaw_loss_fake(logits, labels, labels_b, lam, lam_value, label_weights, c
     return cls, obj, torch.empty_like(logits, memory_format=torch.contiguous_format)
 
 
+
+# --------------------------------------------------------------------------- lossmix_reduce
+# lossmix_reduce — LossMix's per-sample interpolation of two losses, weighted and reduced::
+#
+#     loss_a, loss_b (B, ...) floating, same shape; lam (B,) floating in [0, 1] (broadcast over the
+#         trailing dims) or None, then the number lam_value; weights broadcastable to the losses
+#     rows = lerp(loss_b, loss_a, λ) = λ·loss_a + (1−λ)·loss_b  (one op and one autograd node;
+#         the formula itself when the two losses' dtypes differ), times weights
+#     returns rows ("none"), their sum ("sum"), their mean, or sum / (avg_factor + float32 eps)
+# λ is checked (in [0, 1], not NaN) by the op, following the validation mode; under
+# torch.compile the check is an in-graph assert. With the extension this is a C++ composite
+# (csrc/lossmix_reduce.cpp); otherwise the Python below.
+def lossmix_reduce_py(loss_a, loss_b, lam, lam_value, weights, reduction, avg_factor_tensor, avg_factor):
+    if lam is not None:
+        _validation.in_unit_interval(lam, "lam")
+        w = lam.to(loss_a.dtype).view(-1, *([1] * (loss_a.dim() - 1)))
+    else:
+        w = lam_value
+    if loss_a.dtype == loss_b.dtype:
+        loss = torch.lerp(loss_b, loss_a, w)
+    else:
+        loss = w * loss_a + (1 - w) * loss_b
+    if weights is not None:
+        loss = loss * weights
+    if reduction == "none":
+        return loss
+    if reduction == "sum" or (avg_factor_tensor is None and avg_factor is None):
+        return loss.sum() if reduction == "sum" else loss.mean()
+    div = (avg_factor_tensor if avg_factor_tensor is not None else avg_factor) + _F32_EPS
+    return loss.sum() / div
+
 if NATIVE_REGISTRATION:
     seesaw_fwd = torch.ops.lossmix_ext.seesaw_fwd.default
     seesaw_bwd = torch.ops.lossmix_ext.seesaw_bwd.default
     count_labels_ = torch.ops.lossmix_ext.count_labels_.default
     seesaw_loss = torch.ops.lossmix_ext.seesaw_loss.default
+    # the same op from eager code: into the dispatcher through pybind11 (a few µs less per call
+    # than torch.ops' schema-driven argument parsing); torch.compile traces `seesaw_loss`
+    seesaw_loss_eager = _native.seesaw_loss_call
+    seesaw_count_eager = _native.seesaw_count_call
     seesaw_count_ = torch.ops.lossmix_ext.seesaw_count_.default
+    lossmix_reduce = torch.ops.lossmix_ext.lossmix_reduce.default
     torch.library.register_fake(f"{NS}::seesaw_loss")(_seesaw_loss_fake)
     torch.library.register_fake(f"{NS}::seesaw_count_")(_seesaw_count_fake)
     torch.library.register_fake(f"{NS}::seesaw_fwd")(_seesaw_fwd_fake)
@@ -334,9 +370,11 @@ else:
     seesaw_bwd.register_fake(_seesaw_bwd_fake)
     count_labels_ = torch.library.custom_op(f"{NS}::count_labels_", _count_labels_impl, mutates_args=("counts",))
     count_labels_.register_fake(_count_labels_fake)
-    seesaw_loss = seesaw_loss_py
+    seesaw_loss = seesaw_loss_eager = seesaw_loss_py
+    lossmix_reduce = lossmix_reduce_py
     seesaw_count_ = torch.library.custom_op(f"{NS}::seesaw_count_", _seesaw_count_impl, mutates_args=("cum_samples",))
     seesaw_count_.register_fake(_seesaw_count_fake)
+    seesaw_count_eager = seesaw_count_
 
 
 class SeesawInplace(torch.autograd.Function):

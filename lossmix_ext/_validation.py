@@ -138,8 +138,9 @@ def row_vector(x, name: str, n: int, device: torch.device) -> Tensor:
     return x
 
 
-def lam_vector(lam, n: int, device: torch.device, name: str = "lam") -> Tensor:
-    """λ as a float32 (or float64) tensor of shape (n,); a Python number or 0-d tensor is broadcast."""
+def lam_vector(lam, n: int, device: torch.device, name: str = "lam", check_values: bool = True) -> Tensor:
+    """λ as a float32 (or float64) tensor of shape (n,); a Python number or 0-d tensor is broadcast.
+    ``check_values=False``: metadata only (for an op that checks the values itself)."""
     if isinstance(lam, Real) and not isinstance(lam, bool):
         if not 0.0 <= float(lam) <= 1.0:
             raise ValueError(f"{name} must lie in [0, 1], got {lam}")
@@ -150,7 +151,8 @@ def lam_vector(lam, n: int, device: torch.device, name: str = "lam") -> Tensor:
         lam = lam.expand(n)
     if lam.dim() != 1 or lam.shape[0] != n:
         raise ValueError(f"{name} must be a number, a 0-d tensor or have shape ({n},), got {tuple(lam.shape)}")
-    in_unit_interval(lam, name)
+    if check_values:
+        in_unit_interval(lam, name)
     return lam
 
 
@@ -173,8 +175,12 @@ def reduction(reduction: str, avg_factor=None) -> str:
 
 def seesaw_params(p, q, eps) -> None:
     for name, v in (("p", p), ("q", q), ("eps", eps)):
-        if not isinstance(v, Real) or isinstance(v, bool) or not math.isfinite(float(v)):
-            raise ValueError(f"{name} must be a finite number, got {v!r}")
+        if type(v) is float or type(v) is int:  # the usual case, without the ABC check
+            if math.isfinite(v):
+                continue
+        elif isinstance(v, Real) and not isinstance(v, bool) and math.isfinite(float(v)):
+            continue
+        raise ValueError(f"{name} must be a finite number, got {v!r}")
     if eps <= 0:
         raise ValueError(f"eps must be > 0, got {eps}")
 

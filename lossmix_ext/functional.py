@@ -164,8 +164,9 @@ def _loss_op(logits, labels, labels_b, lam_t, lam_value, label_weights, counts, 
                                   ignore_index, objectness, reduction, af_t, af, loss_weight, op_backend,
                                   fwd=_ops.SeesawInplace.apply)
     else:
-        out = _ops.seesaw_loss(logits, labels, labels_b, lam_t, lam_value, label_weights, counts, p, q, eps,
-                               ignore_index, objectness, reduction, af_t, af, loss_weight, op_backend)
+        op = _ops.seesaw_loss if torch.compiler.is_compiling() else _ops.seesaw_loss_eager
+        out = op(logits, labels, labels_b, lam_t, lam_value, label_weights, counts, p, q, eps, ignore_index,
+                 objectness, reduction, af_t, af, loss_weight, op_backend)
     return out[0], out[1]  # the gradient output is not kept (the backward may reuse its buffer)
 
 
@@ -439,16 +440,15 @@ def lossmix_reduce(loss_a: Tensor, loss_b: Tensor, lam, *, weights: Optional[Ten
         if not ok:
             raise ValueError(f"weights of shape {tuple(weights.shape)} do not broadcast to the losses' "
                              f"shape {tuple(loss_a.shape)}")
-    lam = V.lam_vector(lam, loss_a.shape[0], loss_a.device)
-    lam = lam.to(loss_a.dtype).view(-1, *([1] * (loss_a.dim() - 1)))
-    loss = lam * loss_a + (1 - lam) * loss_b
-    if weights is not None:
-        loss = loss * weights
-    if reduction == "none":
-        return loss
-    if reduction == "sum":
-        return loss.sum()
-    return loss.sum() / _divisor(reduction, avg_factor, loss.numel())
+    if isinstance(lam, Real) and not isinstance(lam, bool):
+        lam_t, lam_value = None, V.real_arg(lam, "lam")
+        if not 0.0 <= lam_value <= 1.0:
+            raise ValueError(f"lam must lie in [0, 1], got {lam}")
+    else:
+        lam_t, lam_value = V.lam_vector(lam, loss_a.shape[0], loss_a.device, check_values=False), 1.0
+    af_t = avg_factor if isinstance(avg_factor, Tensor) else None
+    af = float(avg_factor) if avg_factor is not None and af_t is None else None
+    return _ops.lossmix_reduce(loss_a, loss_b, lam_t, lam_value, weights, reduction, af_t, af)
 
 
 _PAIRINGS = ("random", "flip", "roll", "pairs")

@@ -79,9 +79,9 @@ class SeesawLoss(nn.Module):
         V.float_tensor(cls_score, "cls_score")
         if cls_score.dim() < 1:
             raise ValueError("cls_score must have a class dimension, got a 0-d tensor")
-        V.assert_arg(cls_score.shape[-1] == self.num_classes + 2,
-                     f"cls_score must have num_classes + 2 = {self.num_classes + 2} columns (classes, then "
-                     f"[foreground, background] objectness), got {cls_score.shape[-1]}")
+        if cls_score.shape[-1] != self.num_classes + 2:  # the message is built only when it is raised
+            V.assert_arg(False, f"cls_score must have num_classes + 2 = {self.num_classes + 2} columns (classes, "
+                                f"then [foreground, background] objectness), got {cls_score.shape[-1]}")
 
     def get_activation(self, cls_score: Tensor) -> Tensor:
         """(N, C+1) scores: class softmax × P(foreground), then P(background)."""
@@ -99,20 +99,20 @@ class SeesawLoss(nn.Module):
     def forward(self, cls_score: Tensor, labels: Tensor, label_weights: Optional[Tensor] = None,
                 avg_factor=None, reduction_override: Optional[str] = None, labels_b: Optional[Tensor] = None,
                 lam=None) -> Union[Tensor, Dict[str, Tensor]]:
-        V.assert_arg(reduction_override in (None, "none", "mean", "sum"),
-                     f"reduction_override must be None, 'none', 'mean' or 'sum', got {reduction_override!r}")
+        if reduction_override not in (None, "none", "mean", "sum"):
+            V.assert_arg(False, f"reduction_override must be None, 'none', 'mean' or 'sum', got {reduction_override!r}")
         reduction = reduction_override if reduction_override else self.reduction
         self._check_scores(cls_score)
         if self.cum_samples.device != cls_score.device:
             raise ValueError(f"the loss's cum_samples buffer is on {self.cum_samples.device} but cls_score is on "
                              f"{cls_score.device}; move the module with .to(device)")
-        # Every check that can fail (arguments, label range, finite counts, backend) runs here,
-        # before the buffer is touched; `run` then only computes.
+        # Every check that can fail runs before the buffer is touched: the argument checks and the
+        # backend here, the label range and finite counts in `_count` before it adds; `run` then
+        # only computes.
         run = _seesaw_module_prepare(
             cls_score, labels, self.cum_samples, self.num_classes, self.p, self.q, self.eps, label_weights,
             reduction, avg_factor, self.loss_weight, labels_b, lam, self.backend, self.inplace_grad)
-        with torch.no_grad():
-            self._count(labels, labels_b)
+        self._count(labels, labels_b)  # not differentiable: no graph is built, no need for no_grad
         loss_obj, loss_cls = run()
         if self.return_dict:
             return {"loss_cls_objectness": loss_obj, "loss_cls_classes": loss_cls}
@@ -131,7 +131,8 @@ class SeesawLoss(nn.Module):
             torch.distributed.all_reduce(hist)
             self.cum_samples.add_(hist)
         else:
-            _ops.seesaw_count_(self.cum_samples, labels, labels_b, self.p > 0)
+            count = _ops.seesaw_count_ if torch.compiler.is_compiling() else _ops.seesaw_count_eager
+            count(self.cum_samples, labels, labels_b, self.p > 0)
 
 
 def _dist_ready() -> bool:

@@ -94,7 +94,7 @@ void run_seesaw(const Tensor& logits, const Tensor& grad, SeesawArgs<T> a) {
 
 template <class T>
 void seesaw_fwd_typed(const Tensor& logits, const Tensor& grad, const Tensor& lab, const Tensor& w,
-                      const c10::optional<Tensor>& ow, const Tensor& logc, const Tensor& mit_a, const Tensor& loss,
+                      const c10::optional<Tensor>& ow, const Tensor& counts, const Tensor& loss,
                       const Tensor& obj_loss,
                       int64_t C, bool use_p, bool use_q, double p, double q, double eps,
                       c10::optional<int64_t> ignore_index) {
@@ -111,9 +111,22 @@ void seesaw_fwd_typed(const Tensor& logits, const Tensor& grad, const Tensor& la
     a.ow_n = ow->stride(1);
     a.obj_loss = obj_loss.mutable_data_ptr<T>();
   }
-  a.log_counts = use_p ? logc.const_data_ptr<T>() : nullptr;
+  // log(max(count, 1)) of the first C counts and the mitigation factors, in host buffers (no
+  // temporaries through the dispatcher: at training shapes they would cost more than the kernel)
+  std::vector<T> logc_buf, mit_buf;
   if (use_p) {
-    const T* lc = logc.const_data_ptr<T>();
+    logc_buf.resize(C);
+    mit_buf.resize(C);
+    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, counts.scalar_type(), "seesaw_log_counts", [&] {
+      const scalar_t* cp = counts.const_data_ptr<scalar_t>();
+      const int64_t cs = counts.stride(0);
+      for (int64_t k = 0; k < C; ++k)
+        logc_buf[k] = std::log(std::max(static_cast<T>(static_cast<double>(cp[k * cs])), T(1)));
+    });
+  }
+  a.log_counts = use_p ? logc_buf.data() : nullptr;
+  if (use_p) {
+    const T* lc = logc_buf.data();
     T lmax = lc[0], lmin = lc[0];
     for (int64_t k = 1; k < C; ++k) {
       lmax = std::max(lmax, lc[k]);
@@ -121,7 +134,7 @@ void seesaw_fwd_typed(const Tensor& logits, const Tensor& grad, const Tensor& la
     }
     a.log_count_max = lmax;
     a.log_count_range = lmax - lmin;
-    T* ma = mit_a.mutable_data_ptr<T>();
+    T* ma = mit_buf.data();
     for (int64_t k = 0; k < C; ++k) ma[k] = std::exp(static_cast<T>(p) * (lc[k] - lmax));
     a.mit_a = ma;
   }
@@ -233,19 +246,19 @@ std::tuple<Tensor, Tensor, Tensor> seesaw_fwd_impl(const Tensor& logits, const T
   if (has_obj) ow = obj_weights->to(om).contiguous();
   const bool use_p = p > 0 && counts.has_value() && C > 0;
   const bool use_q = q > 0;
-  Tensor logc, mit_a;
+  Tensor cnt;
   if (use_p) {
     TORCH_CHECK(counts->dim() == 1 && counts->size(0) >= C, "seesaw_fwd: counts must have at least ", C,
                 " entries, got ", counts->sizes());
-    logc = counts->slice(0, 0, C).to(om).clamp_min(1).log().contiguous();
-    mit_a = at::empty({C}, logc.options());
+    TORCH_CHECK(counts->is_cpu() && counts->is_floating_point(), "seesaw_fwd: counts must be a floating CPU tensor");
+    cnt = *counts;
   }
   (void)S;
   if (om == at::kDouble)
-    seesaw_fwd_typed<double>(logits, grad, lab, w, ow, logc, mit_a, loss, obj_loss, C, use_p, use_q, p, q, eps,
+    seesaw_fwd_typed<double>(logits, grad, lab, w, ow, cnt, loss, obj_loss, C, use_p, use_q, p, q, eps,
                              ignore_index);
   else
-    seesaw_fwd_typed<float>(logits, grad, lab, w, ow, logc, mit_a, loss, obj_loss, C, use_p, use_q, p, q, eps,
+    seesaw_fwd_typed<float>(logits, grad, lab, w, ow, cnt, loss, obj_loss, C, use_p, use_q, p, q, eps,
                             ignore_index);
   return {loss, obj_loss, inplace ? logits : grad};
 }
