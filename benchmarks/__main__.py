@@ -4,8 +4,12 @@ from __future__ import annotations
 import argparse
 import sys
 
+import os
+
+from . import host_overhead
 from .cases import OPS
-from .harness import run
+from .harness import HERE, run
+from .report import device_info
 
 
 def main(argv=None) -> int:
@@ -13,8 +17,9 @@ def main(argv=None) -> int:
         "Benchmark lossmix_ext's ops against the eager reference and torch.compile: checks every "
         "provider first, counts the reference's memory traffic, times the providers interleaved, "
         "writes results.csv and plots."))
-    ap.add_argument("--op", nargs="+", choices=list(OPS), metavar="NAME",
-                    help=f"ops to run (default all): {', '.join(OPS)}")
+    ap.add_argument("--op", nargs="+", choices=list(OPS) + ["host_overhead"], metavar="NAME",
+                    help=f"ops to run (default all): {', '.join(OPS)}; and host_overhead, the per-call cost of "
+                         "the public API at training shapes against the plain PyTorch op (one thread)")
     ap.add_argument("--full", action="store_true", help="the full grid of shapes and dtypes (long)")
     ap.add_argument("--quick-check", action="store_true", help="tiny shapes, to check the harness itself")
     ap.add_argument("--device", choices=("cpu", "cuda"), help="default: cuda when available, else cpu")
@@ -32,9 +37,20 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     if args.full and args.quick_check:
         ap.error("--full and --quick-check exclude each other")
-    rows = run(args.op, full=args.full, quick_check=args.quick_check, device=args.device, out=args.out,
-               reps=args.reps, warmup=args.warmup, providers=args.providers, skip=args.skip, dtypes=args.dtypes,
-               plots=not args.no_plots)
+    ops = [o for o in (args.op or OPS) if o != "host_overhead"]
+    host = args.op is None or "host_overhead" in args.op
+    rows = []
+    if ops:
+        rows = run(ops, full=args.full, quick_check=args.quick_check, device=args.device, out=args.out,
+                   reps=args.reps, warmup=args.warmup, providers=args.providers, skip=args.skip, dtypes=args.dtypes,
+                   plots=not args.no_plots)
+    if host:
+        import torch
+        dev = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        out = args.out or os.path.join(HERE, "results", device_info(dev).slug)
+        rounds, inner = (3, 2) if args.quick_check else (31, 50)
+        print()
+        host_overhead.run(str(dev), out=out, rounds=rounds, inner=inner)
     # A lossmix_ext backend that fails its check is a library bug: say so in the exit status.
     return 1 if any(r.is_backend and r.status == "FAILED" for r in rows) else 0
 

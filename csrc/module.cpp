@@ -74,6 +74,8 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
           op.call(cum_samples, labels, labels_b, check_finite);
         },
         "lossmix_ext::seesaw_count_ (eager calls from SeesawLoss)");
+  m.def("set_generic_weights", &lmx::set_generic_weights,
+        "tests: build seesaw_loss's weights with the device-generic ATen path on CPU too");
   m.def("checks_done", &lmx::ChecksDone::active,
         "whether the running seesaw_fwd was called by a composite op that has checked its values already");
   m.def("cpu_isa", &lmx_cpu::isa, "instruction set of the CPU kernels in use ('avx2' or 'baseline')");

@@ -49,6 +49,10 @@ struct ChecksDone {
 // Set once from Python; called with the GIL.
 void set_python_kernel(void* callable /* PyObject*, a new reference is kept */);
 
+// seesaw_loss builds its per-row weights with one loop for CPU tensors and with ATen ops on other
+// devices; tests set this to run the ATen path on CPU too.
+void set_generic_weights(bool on);
+
 // ------------------------------------------------------------------ kernels used by autograd
 // seesaw_bwd with the result written over `grad` (rows scaled by exactly 1 untouched).
 at::Tensor seesaw_bwd_inplace(const at::Tensor& grad, const at::Tensor& grad_loss,

@@ -255,12 +255,13 @@ bool tracing(const Tensor& t) {
 }
 
 void check_unit_interval(const Tensor& x, const char* name) {
-  if (validation_mode() == Validate::Off || x.numel() == 0) return;
+  if (validation_mode() == Validate::Off) return;
   const std::string msg = std::string(name) + " must lie in [0, 1] (found a value outside, or nan)";
-  if (tracing(x)) {
+  if (tracing(x)) {  // (symbolic sizes possible: no numel())
     at::_assert_async(at::logical_and(x >= 0, x <= 1).all(), msg);
     return;
   }
+  if (x.numel() == 0) return;
   if (x.is_cpu()) {
     const Tensor c = x.contiguous();
     bool bad = false;

@@ -147,3 +147,29 @@ def test_command_line(tmp_path):
                  "--out", str(tmp_path), "--reps", "1", "--no-plots"])
     assert code == 0
     assert (tmp_path / "results.csv").exists()
+
+
+def test_host_overhead_group_runs_checks_and_writes_csv(tmp_path):
+    """The host-overhead group: every case measured side by side with its plain op, the ratio of
+    each round reported with its spread, a CSV written; a provider that disagrees fails loudly."""
+    from benchmarks import host_overhead as H
+    lines = []
+    rows = H.run("cpu", out=str(tmp_path), rounds=3, inner=2, shapes=((8, 10),), echo=lines.append)
+    assert [r.case for r in rows] == ["seesaw_loss", "SeesawLoss module", "mixed_cross_entropy", "lossmix_reduce"]
+    for r in rows:
+        assert r.ours_us > 0 and r.plain_us > 0 and r.ratio_p20 <= r.ratio <= r.ratio_p80
+    with open(tmp_path / "host_overhead.csv", newline="") as f:
+        records = list(csv.DictReader(f))
+    assert len(records) == 4 and {"ratio", "goal", "ok", "ours_us", "plain_us"} <= set(records[0])
+    assert "host overhead" in lines[0]
+    bad = H.cases(CPU, shapes=((8, 10),))[2]
+    bad.base = lambda: None
+    bad.check = lambda: (_ for _ in ()).throw(AssertionError("disagree"))
+    with pytest.raises(AssertionError, match="disagree"):
+        H.measure(bad, CPU, rounds=1, inner=1)
+
+
+def test_main_runs_the_host_overhead_group(tmp_path, capsys):
+    assert main(["--quick-check", "--op", "host_overhead", "--out", str(tmp_path)]) == 0
+    assert (tmp_path / "host_overhead.csv").exists()
+    assert "host overhead" in capsys.readouterr().out

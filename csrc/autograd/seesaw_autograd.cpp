@@ -86,9 +86,9 @@ void save_grad(AutogradContext* ctx, const Tensor& grad, bool has_obj, const std
 
 // Upstream gradient of a loss output as per-row factors: undefined -> zeros, 0-d (a reduced
 // loss) -> expanded over the rows (a view: no copy).
-Tensor row_factors(const Tensor& g, int64_t n, const at::TensorOptions& opts) {
-  if (!g.defined()) return at::zeros({n}, opts);
-  return g.dim() == 0 ? g.expand({n}) : g;
+Tensor row_factors(const Tensor& g, const c10::SymInt& n, const at::TensorOptions& opts) {
+  if (!g.defined()) return at::zeros_symint({n}, opts);
+  return g.dim() == 0 ? g.expand_symint({n}) : g;
 }
 
 Tensor scale_saved_grad(AutogradContext* ctx, const variable_list& grads) {
@@ -112,7 +112,7 @@ Tensor scale_saved_grad(AutogradContext* ctx, const variable_list& grads) {
     grad = ctx->get_saved_variables()[0];
   }
   const auto om = grad.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
-  const int64_t n = grad.size(0);
+  const c10::SymInt n = grad.sym_size(0);  // symbolic while tracing with dynamic shapes
   const auto opts = grad.options().dtype(om);
   Tensor gl = row_factors(grads[0], n, opts);
   optional<Tensor> go;
