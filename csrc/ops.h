@@ -23,6 +23,9 @@ Validate validation_mode();
 // Every label of `labels` (any shape, integral) in [0, hi) or == ignore_index.
 void check_labels(const at::Tensor& labels, const char* name, int64_t hi, c10::optional<int64_t> ignore_index);
 void check_finite(const at::Tensor& x, const char* name);
+// Whether `t` is a tracing tensor (fake / functional / functorch-wrapped / meta), whose data
+// cannot be read (and whose sizes may be symbolic).
+bool tracing(const at::Tensor& t);
 // Every element of `x` in [0, 1] (NaN fails): "<name> must lie in [0, 1] (found a value outside, or
 // nan)". While tracing (fake / functional tensors) an in-graph assert.
 void check_unit_interval(const at::Tensor& x, const char* name);

@@ -27,13 +27,7 @@ constexpr double kF32Eps = 1.1920928955078125e-07;  // torch.finfo(torch.float32
 std::atomic<bool> g_generic_weights{false};  // tests: the device-generic (ATen) weights on CPU too
 
 // Real tensors (checks can read them); fake / functional / meta tensors while tracing are not.
-bool readable(const Tensor& t) {
-  static const c10::DispatchKeySet tracing({c10::DispatchKey::Python, c10::DispatchKey::PythonTLSSnapshot,
-                                            c10::DispatchKey::Functionalize,
-                                            c10::DispatchKey::FuncTorchBatched,
-                                            c10::DispatchKey::FuncTorchGradWrapper});
-  return !t.key_set().has_any(tracing) && !t.is_meta() && t.has_storage();  // functionality keys only
-}
+bool readable(const Tensor& t) { return !tracing(t); }
 
 void check_background_labels(const Tensor& labels, const char* name, int64_t C) {
   // same message as lossmix_ext._validation._labels_range_msg(..., background=True)
@@ -44,10 +38,32 @@ void check_background_labels(const Tensor& labels, const char* name, int64_t C) 
 
 Tensor count_float(const Tensor& mask, at::ScalarType om) { return mask.sum(at::kLong).to(om); }
 
+// Sum of a 1-D float / double CPU tensor into a new 0-d tensor, in a loop (at::sum is a few µs of
+// dispatch and TensorIterator set-up on the host for the few rows of a training batch).
+Tensor sum_rows(const Tensor& rows) {
+  if (!rows.is_cpu() || rows.dim() != 1 || tracing(rows) ||
+      (rows.scalar_type() != at::kFloat && rows.scalar_type() != at::kDouble) || rows.size(0) > 4096)
+    return rows.sum();
+  Tensor out = at::empty({}, rows.options());
+  const int64_t n = rows.size(0), st = rows.stride(0);
+  if (rows.scalar_type() == at::kFloat) {
+    const float* p = rows.const_data_ptr<float>();
+    double acc = 0;  // wider accumulator than at::sum's float pairwise sum: as accurate or more
+    for (int64_t i = 0; i < n; ++i) acc += p[i * st];
+    *out.mutable_data_ptr<float>() = static_cast<float>(acc);
+  } else {
+    const double* p = rows.const_data_ptr<double>();
+    double acc = 0;
+    for (int64_t i = 0; i < n; ++i) acc += p[i * st];
+    *out.mutable_data_ptr<double>() = acc;
+  }
+  return out;
+}
+
 std::tuple<Tensor, Tensor, Tensor> reduce(const Tensor& cls_rows, const Tensor& obj_rows, const Tensor& grad,
                                           c10::string_view reduction, bool objectness) {
   if (reduction == "none") return {cls_rows, obj_rows, grad};
-  return {cls_rows.sum(), objectness ? obj_rows.sum() : obj_rows, grad};
+  return {sum_rows(cls_rows), objectness ? sum_rows(obj_rows) : obj_rows, grad};
 }
 
 // The per-row weights of CPU tensors, written in one loop (the ATen path of seesaw_loss costs a

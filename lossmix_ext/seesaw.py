@@ -103,36 +103,39 @@ class SeesawLoss(nn.Module):
             V.assert_arg(False, f"reduction_override must be None, 'none', 'mean' or 'sum', got {reduction_override!r}")
         reduction = reduction_override if reduction_override else self.reduction
         self._check_scores(cls_score)
-        if self.cum_samples.device != cls_score.device:
-            raise ValueError(f"the loss's cum_samples buffer is on {self.cum_samples.device} but cls_score is on "
+        counts = self.cum_samples  # (a buffer: one nn.Module attribute lookup, not three)
+        if counts.device != cls_score.device:
+            raise ValueError(f"the loss's cum_samples buffer is on {counts.device} but cls_score is on "
                              f"{cls_score.device}; move the module with .to(device)")
         # Every check that can fail runs before the buffer is touched: the argument checks and the
         # backend here, the label range and finite counts in `_count` before it adds; `run` then
         # only computes.
         run = _seesaw_module_prepare(
-            cls_score, labels, self.cum_samples, self.num_classes, self.p, self.q, self.eps, label_weights,
+            cls_score, labels, counts, self.num_classes, self.p, self.q, self.eps, label_weights,
             reduction, avg_factor, self.loss_weight, labels_b, lam, self.backend, self.inplace_grad)
-        self._count(labels, labels_b)  # not differentiable: no graph is built, no need for no_grad
+        self._count(labels, labels_b, counts)  # not differentiable: no graph is built, no need for no_grad
         loss_obj, loss_cls = run()
         if self.return_dict:
             return {"loss_cls_objectness": loss_obj, "loss_cls_classes": loss_cls}
         return loss_cls + loss_obj
 
-    def _count(self, labels: Tensor, labels_b: Optional[Tensor] = None) -> None:
+    def _count(self, labels: Tensor, labels_b: Optional[Tensor] = None, counts: Optional[Tensor] = None) -> None:
         """Check the label values (and, with p > 0, that the counts are finite), then add the
         batch's label histogram (both sets) to ``cum_samples``; with ``sync_counts`` and an
         initialised default process group, the histogram summed over all ranks (one all-reduce
         of C+1 floats on the device, no host sync). Nothing changes when a check fails."""
+        if counts is None:
+            counts = self.cum_samples
         if self.sync_counts and _dist_ready():
             if self.p > 0:
-                V.finite(self.cum_samples, "cum_samples")
-            hist = torch.zeros_like(self.cum_samples)
+                V.finite(counts, "cum_samples")
+            hist = torch.zeros_like(counts)
             _ops.seesaw_count_(hist, labels, labels_b, False)
             torch.distributed.all_reduce(hist)
-            self.cum_samples.add_(hist)
+            counts.add_(hist)
         else:
             count = _ops.seesaw_count_ if torch.compiler.is_compiling() else _ops.seesaw_count_eager
-            count(self.cum_samples, labels, labels_b, self.p > 0)
+            count(counts, labels, labels_b, self.p > 0)
 
 
 def _dist_ready() -> bool:
