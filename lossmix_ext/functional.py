@@ -164,7 +164,10 @@ def _loss_op(logits, labels, labels_b, lam_t, lam_value, label_weights, counts, 
                                   ignore_index, objectness, reduction, af_t, af, loss_weight, op_backend,
                                   fwd=_ops.SeesawInplace.apply)
     else:
-        op = _ops.seesaw_loss if torch.compiler.is_compiling() else _ops.seesaw_loss_eager
+        # pybind11 entry for plain eager tensors; torch.ops (which honours __torch_function__ of
+        # tensor subclasses and is what torch.compile traces) otherwise
+        plain = type(logits) is torch.Tensor and not torch.compiler.is_compiling()
+        op = _ops.seesaw_loss_eager if plain else _ops.seesaw_loss
         out = op(logits, labels, labels_b, lam_t, lam_value, label_weights, counts, p, q, eps, ignore_index,
                  objectness, reduction, af_t, af, loss_weight, op_backend)
     return out[0], out[1]  # the gradient output is not kept (the backward may reuse its buffer)

@@ -134,7 +134,8 @@ class SeesawLoss(nn.Module):
             torch.distributed.all_reduce(hist)
             counts.add_(hist)
         else:
-            count = _ops.seesaw_count_ if torch.compiler.is_compiling() else _ops.seesaw_count_eager
+            plain = type(counts) is torch.Tensor and type(labels) is torch.Tensor and not torch.compiler.is_compiling()
+            count = _ops.seesaw_count_eager if plain else _ops.seesaw_count_
             count(counts, labels, labels_b, self.p > 0)
 
 

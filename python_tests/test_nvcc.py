@@ -120,3 +120,25 @@ def test_host_compiler_builds_shared_headers():
         r = subprocess.run([cc, "-x", "c", "-std=c99", "-Wall", "-Werror", "-fsyntax-only",
                             os.path.join(CSRC, "cuda", "launch.h")], capture_output=True, text=True)
         assert r.returncode == 0, r.stderr
+
+
+def test_dispatcher_glue_compiles_with_the_cuda_branch():
+    """register.cpp and module.cpp with LOSSMIX_WITH_CUDA defined (the CUDA kernels registered in
+    the dispatcher and exposed to Python): a syntax-only host compile against torch's headers
+    (the CUDA glue's own header needs only ATen), so the CUDA branch of the registration
+    cannot rot on machines without a CUDA build of torch."""
+    import sysconfig
+
+    import torch.utils.cpp_extension as ext
+    cxx = os.environ.get("CXX", "c++").split()[0]
+    if shutil.which(cxx) is None:
+        pytest.skip("no C++ compiler")
+    includes = [f"-I{p}" for p in ext.include_paths()] + [f"-I{sysconfig.get_paths()['include']}", f"-I{CSRC}"]
+    flags = ["-fsyntax-only", "-std=c++17", "-DLOSSMIX_WITH_CUDA", "-DTORCH_EXTENSION_NAME=_C",
+             "-DTORCH_API_INCLUDE_EXTENSION_H"]
+    srcs = [os.path.join(CSRC, "register.cpp"), os.path.join(CSRC, "module.cpp")]
+    procs = [subprocess.Popen([cxx] + flags + includes + [src], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              text=True) for src in srcs]
+    for src, p in zip(srcs, procs):
+        _, err = p.communicate(timeout=600)
+        assert p.returncode == 0, f"{os.path.basename(src)}:\n{err[-4000:]}"
