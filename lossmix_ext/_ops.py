@@ -1,10 +1,16 @@
-"""The registered ops: schemas, fake (meta) kernels, autograd, and dispatch to backends.
+"""The registered ops: contracts, fake (meta) kernels, autograd, and dispatch to backends.
 
-Every op is a ``torch.library.custom_op`` in the ``lossmix_ext`` namespace whose last
-argument names the backend (already resolved by the caller, see :mod:`._backend`). The op
-body runs the value checks of :mod:`._validation` and then the backend's kernel, so the
-checks also run under ``torch.compile``. Kernels for every backend implement exactly the
-contracts written here; :mod:`lossmix_ext.backends.torch` is the readable default.
+Every op lives in the ``lossmix_ext`` namespace; the loss ops' last argument names the backend
+(already resolved by the caller, see :mod:`._backend`). With the extension, ``seesaw_fwd``,
+``seesaw_bwd``, ``count_labels_``, ``seesaw_count_``, ``seesaw_loss`` and ``lossmix_reduce``
+are registered from C++ (csrc/register.cpp: schemas and CPU / CUDA kernels, which run the
+native kernel or come back to :func:`_python_kernel` for the torch / triton backends;
+csrc/autograd/: autograd); their fake kernels are registered here. Without it, the same ops
+are ``torch.library.custom_op``\ s built below from the same contracts. The image-mixing ops
+are Python custom ops in both cases. Value checks (:mod:`._validation`, or their C++ twins)
+run in the ops' real kernels, so they also run under ``torch.compile``. Kernels for every
+backend implement exactly the contracts written here; :mod:`lossmix_ext.backends.torch` is the
+readable default.
 
 ``seesaw_fwd`` — fused Seesaw / cross-entropy forward+backward, any number S ∈ {1, 2} of
 label sets, optional objectness columns::
