@@ -201,8 +201,12 @@ std::tuple<Tensor, Tensor, Tensor> seesaw_loss(const Tensor& logits, const Tenso
   Tensor avg_div;  // the avg_factor divisor as a tensor (when avg_factor is one)
   double avg_div_value = 1.0;
   if (mean && has_avg) {
-    if (avg_factor_t.has_value()) avg_div = avg_factor_t->to(opts.device()).to(om).reshape({}) + kF32Eps;
-    else avg_div_value = *avg_factor + kF32Eps;
+    if (avg_factor_t.has_value() && avg_factor_t->is_cpu() && !logits.is_cpu() && readable(*avg_factor_t))
+      avg_div_value = avg_factor_t->item<double>() + kF32Eps;  // a host value: no copy to the device
+    else if (avg_factor_t.has_value())
+      avg_div = avg_factor_t->to(opts.device()).to(om).reshape({}) + kF32Eps;
+    else
+      avg_div_value = *avg_factor + kF32Eps;
   }
 
   // Class weight of one label set: base · λ_s / divisor_s.

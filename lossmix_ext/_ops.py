@@ -274,7 +274,9 @@ def seesaw_loss_py(logits, labels, labels_b, lam, lam_value, label_weights, coun
     base = base * loss_weight
     mean = reduction == "mean"
     avg = None
-    if mean and avg_factor_tensor is not None:
+    if mean and avg_factor_tensor is not None and avg_factor_tensor.device.type == "cpu" and logits.device.type != "cpu":
+        avg = float(avg_factor_tensor) + _F32_EPS  # a host value: no copy to the device
+    elif mean and avg_factor_tensor is not None:
         avg = avg_factor_tensor.to(logits.device).to(om).reshape(()) + _F32_EPS
     elif mean and avg_factor is not None:
         avg = avg_factor + _F32_EPS
