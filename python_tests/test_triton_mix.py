@@ -408,3 +408,57 @@ def test_gpu_inplace_and_no_host_sync(dtype):
         torch.cuda.set_sync_debug_mode(0)
     torch.testing.assert_close(y, want, **_tol(dtype, False))
     torch.testing.assert_close(out, want, **_tol(dtype, False))
+
+
+@pytest.mark.parametrize("index", [[1, 2, 0], [1, 0, 0, 3], [2, 2, 1, 0]])
+def test_inplace_mixes_only_mutual_pairs_without_validation(index):
+    """With value checks off, a non-involutive index must not let two programs write the same
+    sample: only mutual pairs (index[index[b]] == b, b < index[b]) mix, as in the CPU and CUDA
+    kernels; everything else stays as it was."""
+    dev = "cuda" if HAS_CUDA else "cpu"
+    g = torch.Generator().manual_seed(0)
+    B = len(index)
+    x = torch.randn(B, 3, 4, 5, generator=g).to(dev)
+    lam = torch.rand(B, generator=g).to(dev)
+    idx = torch.tensor(index, device=dev)
+    want = x.clone()
+    for b, c in enumerate(index):
+        if c > b and index[c] == b:
+            want[b] = lam[b] * x[b] + (1 - lam[b]) * x[c]
+            want[c] = lam[c] * x[c] + (1 - lam[c]) * x[b]
+    got = x.clone()
+    with L.validation("off"):
+        L.mix_images_(got, lam, idx, backend="triton")
+    torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-6)
+    if "cpu" in L.available_backends("cpu", op="mix_images_") and dev == "cpu":
+        native = x.clone()
+        with L.validation("off"):
+            L.mix_images_(native, lam, idx, backend="cpu")
+        torch.testing.assert_close(got, native, rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("backend", ["triton", "cuda"])
+def test_launches_on_a_non_current_device(backend):
+    """Every launch is guarded: tensors on cuda:1 while cuda:0 is current mix, unmix and mix in
+    place correctly (needs two GPUs)."""
+    if torch.cuda.device_count() < 2:
+        pytest.skip("needs two CUDA devices")
+    if backend not in L.available_backends("cuda", op="mix_images"):
+        pytest.skip(f"backend {backend} not available")
+    torch.cuda.set_device(0)
+    dev = torch.device("cuda:1")
+    x = torch.randn(4, 3, 8, 8, device=dev, requires_grad=True)
+    lam, idx = torch.rand(4, device=dev), torch.tensor([1, 0, 3, 2], device=dev)
+    out = L.mix_images(x, lam, idx, backend=backend)
+    out.sum().backward()
+    want = lam.view(-1, 1, 1, 1) * x.detach() + (1 - lam.view(-1, 1, 1, 1)) * x.detach()[idx]
+    torch.testing.assert_close(out, want)
+    y = x.detach().clone()
+    L.mix_images_(y, lam, idx, backend=backend)
+    torch.testing.assert_close(y, want)
+    logits = torch.randn(6, 5, device=dev, requires_grad=True)
+    L.seesaw_loss(logits, torch.randint(0, 5, (6,), device=dev), torch.ones(5, device=dev),
+                  backend=backend).backward()
+    torch.cuda.synchronize(dev)
+    assert torch.cuda.current_device() == 0

@@ -20,6 +20,15 @@ except Exception as exc:  # pragma: no cover - depends on the environment
     _IMPORT_ERROR = f"triton is not importable ({type(exc).__name__}: {exc}); pip install triton"
 
 
+def device_guard(t):
+    """Make ``t``'s GPU the current device around a launch (Triton launches on the current
+    device; tensors on ``cuda:1`` with device 0 current would fail); a no-op on CPU tensors."""
+    import contextlib
+
+    import torch
+    return torch.cuda.device(t.device) if t.device.type == "cuda" else contextlib.nullcontext()
+
+
 def interpreting() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0") == "1"
 

@@ -47,6 +47,7 @@ from torch import Tensor
 
 from ..._backend import register_kernel
 from .. import torch as _torch_kernels
+from . import device_guard
 
 BLOCK = 1024          # elements of one sample per program (8 per thread with 4 warps)
 NUM_WARPS = 4
@@ -212,6 +213,9 @@ def _mix_pairs_kernel(x_ptr, lam_ptr, index_ptr, B, M, n_chunks, BLOCK: tl.const
     c = tl.load(index_ptr + b)
     active = (c > b) & (c < B)
     c = tl.where(active, c, b)
+    # and only a true pair (index[c] == b): with value checks off, a non-involutive index must
+    # not let two programs write the same sample (the CUDA kernel has the same guard)
+    active = active & (tl.load(index_ptr + c) == b)
     lam_b = tl.load(lam_ptr + b)
     lam_c = tl.load(lam_ptr + c)
     st_b = active & (lam_b != 1.0)
@@ -334,9 +338,10 @@ def mix_images(images, lam, index, boxes, mean, std, scale, out_dtype):
     boxes_t = boxes.long().contiguous() if has_box else index
     _, constexprs = fwd_config(x.dtype, out_dtype, has_norm, has_box)
     n_chunks = triton.cdiv(M, BLOCK)
-    _mix_fwd_kernel[(B * n_chunks,)](
-        x, out, lam32, index, boxes_t, mean_t, std_t, B, M, n_chunks, float(scale),
-        **_geometry(x, fmt, has_norm or has_box), **constexprs, num_warps=NUM_WARPS)
+    with device_guard(x):
+        _mix_fwd_kernel[(B * n_chunks,)](
+            x, out, lam32, index, boxes_t, mean_t, std_t, B, M, n_chunks, float(scale),
+            **_geometry(x, fmt, has_norm or has_box), **constexprs, num_warps=NUM_WARPS)
     return out
 
 
@@ -373,9 +378,10 @@ def mix_images_backward(grad, lam, index, boxes, std, scale, images_dtype):
     boxes_t = boxes.long().contiguous() if has_box else order
     _, constexprs = bwd_config(g.dtype, images_dtype, has_std, has_box)
     n_chunks = triton.cdiv(M, BLOCK)
-    _mix_bwd_kernel[(B * n_chunks,)](
-        g, out, lam32, order, starts, boxes_t, std_t, M, n_chunks, float(scale),
-        **_geometry(g, fmt, has_std or has_box), **constexprs, num_warps=NUM_WARPS)
+    with device_guard(g):
+        _mix_bwd_kernel[(B * n_chunks,)](
+            g, out, lam32, order, starts, boxes_t, std_t, M, n_chunks, float(scale),
+            **_geometry(g, fmt, has_std or has_box), **constexprs, num_warps=NUM_WARPS)
     return out
 
 
@@ -392,6 +398,7 @@ def mix_images_inplace(images, lam, index):
     M = images.numel() // B
     _, constexprs = pairs_config(images.dtype)
     n_chunks = triton.cdiv(M, BLOCK)
-    _mix_pairs_kernel[(B * n_chunks,)](images, lam.to(torch.float32).contiguous(), index.long().contiguous(),
-                                       B, M, n_chunks, **constexprs, num_warps=NUM_WARPS)
+    with device_guard(images):
+        _mix_pairs_kernel[(B * n_chunks,)](images, lam.to(torch.float32).contiguous(), index.long().contiguous(),
+                                           B, M, n_chunks, **constexprs, num_warps=NUM_WARPS)
     return None

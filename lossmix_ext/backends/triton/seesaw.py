@@ -27,7 +27,6 @@ float64 inputs are handled by the torch backend's kernels.
 """
 from __future__ import annotations
 
-import contextlib
 import math
 from dataclasses import dataclass
 from typing import Dict, List, Tuple
@@ -38,6 +37,7 @@ import triton.language as tl
 
 from ..._backend import register_kernel
 from .. import torch as _torch_backend
+from . import device_guard
 
 RESIDENT_MAX_BLOCK = 8192   # widest row kept in registers (C ≤ 8192)
 ELEMS_PER_THREAD = 8        # target logits per thread per tile: num_warps = tile / (32 · 8), in [1, 16]
@@ -289,8 +289,7 @@ _FWD_KERNELS = {"resident": _seesaw_fwd_resident, "looped": _seesaw_fwd_looped}
 
 
 # --------------------------------------------------------------------------- dispatch
-def _device_guard(t: torch.Tensor):
-    return torch.cuda.device(t.device) if t.device.type == "cuda" else contextlib.nullcontext()
+_device_guard = device_guard
 
 
 @register_kernel("seesaw_fwd_inplace", "triton")
