@@ -63,6 +63,16 @@ Tensor per_channel(const c10::optional<Tensor>& v, at::ScalarType om, int64_t ch
 
 const void* ptr_or_null(const Tensor& t) { return t.defined() ? t.const_data_ptr() : nullptr; }
 
+// Every tensor argument on the device of the main one: the kernels read them with raw pointers
+// (a CPU or other-GPU pointer would be an illegal access, not an error message).
+void same_device(const Tensor& t, const Tensor& main, const char* op, const char* name) {
+  TORCH_CHECK_VALUE(t.device() == main.device(), op, ": ", name, " is on ", t.device(), " but must be on ",
+                    main.device());
+}
+void same_device(const c10::optional<Tensor>& t, const Tensor& main, const char* op, const char* name) {
+  if (t.has_value()) same_device(*t, main, op, name);
+}
+
 }  // namespace
 
 namespace {
@@ -72,6 +82,10 @@ std::tuple<Tensor, Tensor, Tensor> seesaw_fwd_impl(const Tensor& logits, const T
                                                    double eps, c10::optional<int64_t> ignore_index, bool inplace) {
   TORCH_CHECK(logits.is_cuda(), "seesaw_fwd (cuda backend): logits must be a CUDA tensor");
   TORCH_CHECK(logits.dim() == 2, "seesaw_fwd: logits must be 2-D (N, CT), got ", logits.dim(), "-D");
+  same_device(labels, logits, "seesaw_fwd", "labels");
+  same_device(weights, logits, "seesaw_fwd", "weights");
+  same_device(obj_weights, logits, "seesaw_fwd", "obj_weights");
+  same_device(counts, logits, "seesaw_fwd", "counts");
   const c10::cuda::CUDAGuard guard(logits.device());
   const auto dt = logits.scalar_type();
   const auto om = opmath(dt);
@@ -156,6 +170,8 @@ std::tuple<Tensor, Tensor> seesaw_fwd_inplace(const Tensor& logits, const Tensor
 Tensor seesaw_bwd(const Tensor& grad, const Tensor& grad_loss, const c10::optional<Tensor>& grad_obj, bool inplace) {
   TORCH_CHECK(grad.is_cuda(), "seesaw_bwd (cuda backend): grad must be a CUDA tensor");
   TORCH_CHECK(grad.dim() == 2, "seesaw_bwd: grad must be 2-D, got ", grad.dim(), "-D");
+  same_device(grad_loss, grad, "seesaw_bwd", "grad_loss");
+  same_device(grad_obj, grad, "seesaw_bwd", "grad_obj");
   const c10::cuda::CUDAGuard guard(grad.device());
   const auto om = opmath(grad.scalar_type());
   const int64_t N = grad.size(0), CT = grad.size(1);
@@ -190,6 +206,11 @@ Tensor mix_images(const Tensor& images, const Tensor& lam, const Tensor& index, 
                   at::ScalarType out_dtype) {
   TORCH_CHECK(images.is_cuda(), "mix_images (cuda backend): images must be a CUDA tensor");
   TORCH_CHECK(images.dim() >= 1, "mix_images: images must have a batch dimension");
+  same_device(lam, images, "mix_images", "lam");
+  same_device(index, images, "mix_images", "index");
+  same_device(boxes, images, "mix_images", "boxes");
+  same_device(mean, images, "mix_images", "mean");
+  same_device(stdv, images, "mix_images", "std");
   TORCH_CHECK(sample_blocks(images), "mix_images (cuda kernel): images must be contiguous or channels_last");
   TORCH_CHECK(!(boxes.has_value() || mean.has_value() || stdv.has_value()) || images.dim() == 4,
               "mix_images: boxes / mean / std need (B, C, H, W) images");
@@ -228,6 +249,10 @@ Tensor mix_images_backward(const Tensor& grad, const Tensor& lam, const Tensor& 
                            at::ScalarType images_dtype) {
   TORCH_CHECK(grad.is_cuda(), "mix_images_backward (cuda backend): grad must be a CUDA tensor");
   TORCH_CHECK(grad.dim() >= 1, "mix_images_backward: grad must have a batch dimension");
+  same_device(lam, grad, "mix_images_backward", "lam");
+  same_device(index, grad, "mix_images_backward", "index");
+  same_device(boxes, grad, "mix_images_backward", "boxes");
+  same_device(stdv, grad, "mix_images_backward", "std");
   TORCH_CHECK(!(boxes.has_value() || stdv.has_value()) || grad.dim() == 4,
               "mix_images_backward: boxes / std need (B, C, H, W) gradients");
   const c10::cuda::CUDAGuard guard(grad.device());
@@ -271,6 +296,8 @@ Tensor mix_images_backward(const Tensor& grad, const Tensor& lam, const Tensor& 
 void mix_images_inplace(Tensor& images, const Tensor& lam, const Tensor& index) {
   TORCH_CHECK(images.is_cuda(), "mix_images_ (cuda backend): images must be a CUDA tensor");
   TORCH_CHECK(images.dim() >= 1, "mix_images_: images must have a batch dimension");
+  same_device(lam, images, "mix_images_", "lam");
+  same_device(index, images, "mix_images_", "index");
   TORCH_CHECK(sample_blocks(images), "mix_images_ (cuda kernel): images must be contiguous or channels_last");
   const c10::cuda::CUDAGuard guard(images.device());
   if (images.numel() == 0) return;
