@@ -70,6 +70,50 @@ def _openmp_flags(torch):
     return ["-fopenmp"], ["-fopenmp"]
 
 
+def _find_cuda_home():
+    """The CUDA toolkit's root: CUDA_HOME / CUDA_PATH, else asked of the ``nvcc`` on PATH (which
+    may be a wrapper script, e.g. /usr/local/bin/nvcc exec'ing the real one: torch would then
+    guess /usr/local and the glue would not find cuda_runtime.h), else /usr/local/cuda."""
+    def ok(home):
+        return home and os.path.exists(os.path.join(home, "include", "cuda_runtime_api.h"))
+
+    for var in ("CUDA_HOME", "CUDA_PATH"):
+        if ok(os.environ.get(var)):
+            return os.environ[var]
+    nvcc = shutil.which("nvcc")
+    if nvcc is not None:
+        try:
+            with tempfile.TemporaryDirectory() as d:
+                src = os.path.join(d, "e.cu")
+                open(src, "w").close()
+                out = subprocess.run([nvcc, "--dryrun", "-c", src, "-o", os.path.join(d, "e.o")],
+                                     capture_output=True, text=True, timeout=120)
+            for line in (out.stdout + out.stderr).splitlines():
+                if "TOP=" in line:
+                    home = os.path.normpath(line.split("TOP=", 1)[1].strip().strip('"'))
+                    if ok(home):
+                        return home
+        except (OSError, subprocess.SubprocessError):
+            pass
+        home = os.path.dirname(os.path.dirname(os.path.realpath(nvcc)))
+        if ok(home):
+            return home
+    return "/usr/local/cuda" if ok("/usr/local/cuda") else None
+
+
+BUILD_INFO = os.path.join(ROOT, "lossmix_ext", "_build_info.json")
+
+
+def _write_build_info(**info):
+    """What the build did (read by lossmix_ext.backend_status to say why CUDA kernels are missing)."""
+    import json
+    try:
+        with open(BUILD_INFO, "w") as f:
+            json.dump(info, f)
+    except OSError:
+        pass
+
+
 def native_extensions():
     """Return (ext_modules, cmdclass) for the native extension, or ([], {}) with a reason logged."""
     if os.environ.get("LOSSMIX_EXT_NO_NATIVE", "0") == "1":
@@ -89,6 +133,10 @@ def native_extensions():
             raise RuntimeError(f"LOSSMIX_EXT_REQUIRE_NATIVE=1 but {msg}")
         _log(f"{msg}: skipping the native extension")
         return [], {}
+    if "CUDA_HOME" not in os.environ:  # torch.utils.cpp_extension reads it when imported
+        home = _find_cuda_home()
+        if home is not None:
+            os.environ["CUDA_HOME"] = home
     try:
         import torch
         from torch.utils.cpp_extension import CUDA_HOME, BuildExtension, CppExtension, CUDAExtension
@@ -113,32 +161,59 @@ def native_extensions():
                   extra_link_args=omp_lflags)
     isa = "baseline + AVX2/FMA (run-time choice)" if platform.machine().lower() in ("x86_64", "amd64") else "baseline"
     threads = "OpenMP" if omp_cflags else "single-threaded"
+    cpu_ext = CppExtension("lossmix_ext._C", cpp, **kwargs)
     if with_cuda:
-        kwargs["extra_compile_args"]["nvcc"] = ["-O3", "--use_fast_math"]
-        kwargs["define_macros"] = [("LOSSMIX_WITH_CUDA", "1")]
-        ext = CUDAExtension("lossmix_ext._C", cpp + cuda_glue + cu, **kwargs)
+        cuda_kwargs = dict(kwargs, extra_compile_args=dict(kwargs["extra_compile_args"], nvcc=["-O3", "--use_fast_math"]),
+                           define_macros=[("LOSSMIX_WITH_CUDA", "1")])
+        ext = CUDAExtension("lossmix_ext._C", cpp + cuda_glue + cu, **cuda_kwargs)
         _log(f"building lossmix_ext._C with CPU kernels ({isa}, {threads}) and CUDA kernels "
-             f"({len(cu)} CUDA sources, archs {os.environ.get('TORCH_CUDA_ARCH_LIST', 'of the visible GPU')})")
+             f"({len(cu)} CUDA sources, archs {os.environ.get('TORCH_CUDA_ARCH_LIST', 'of the visible GPU')}, "
+             f"CUDA_HOME {CUDA_HOME})")
+        no_cuda_reason = None
     else:
-        why = ("no CUDA sources" if not cu else "torch has no CUDA support" if torch.version.cuda is None
-               else "no CUDA toolkit found" if CUDA_HOME is None else "no GPU visible (FORCE_CUDA=1 to insist)")
-        _log(f"building lossmix_ext._C with CPU kernels only ({isa}, {threads}); CUDA kernels skipped: {why}")
-        ext = CppExtension("lossmix_ext._C", cpp, **kwargs)
+        no_cuda_reason = ("no CUDA sources" if not cu else "torch has no CUDA support" if torch.version.cuda is None
+                          else "no CUDA toolkit found" if CUDA_HOME is None
+                          else "no GPU visible at build time (FORCE_CUDA=1 to insist)")
+        _log(f"building lossmix_ext._C with CPU kernels only ({isa}, {threads}); CUDA kernels skipped: "
+             f"{no_cuda_reason}")
+        ext = cpu_ext
     base = BuildExtension.with_options(use_ninja=True)
     insist = require or force_cuda
 
     class OptionalBuild(base):
-        def build_extension(self, extension):
+        """A failed CUDA build (a compile error, or torch's check of the toolkit against its own CUDA
+        version, which raises in build_extensions) falls back to the CPU kernels, so it never
+        costs them; a failed CPU build installs the package without the extension. Either is an
+        error with LOSSMIX_EXT_REQUIRE_NATIVE=1 / FORCE_CUDA=1. The outcome is recorded for
+        lossmix_ext.backend_status()."""
+
+        def build_extensions(self):
+            cuda_error = no_cuda_reason
+            if self.extensions and self.extensions[0] is ext and ext is not cpu_ext:
+                try:
+                    super().build_extensions()
+                    _write_build_info(cuda="built")
+                    return
+                except Exception as exc:
+                    if insist:
+                        raise
+                    cuda_error = f"the CUDA build failed ({type(exc).__name__}: {str(exc)[:500]})"
+                    _log(f"{cuda_error}; building the CPU kernels alone")
+                    self.extensions = [cpu_ext]
             try:
-                super().build_extension(extension)
+                super().build_extensions()
             except Exception as exc:
-                if insist:
+                if require:
                     raise
-                _log(f"building {extension.name} FAILED ({type(exc).__name__}: {exc}); installing without it "
+                _log(f"building lossmix_ext._C FAILED ({type(exc).__name__}: {exc}); installing without it "
                      "(the torch and triton backends still work; LOSSMIX_EXT_REQUIRE_NATIVE=1 makes this an error)")
+                _write_build_info(cuda=cuda_error, native=f"{type(exc).__name__}: {str(exc)[:500]}")
+                return
+            _write_build_info(cuda=cuda_error)
 
     return [ext], {"build_ext": OptionalBuild}
 
 
-ext_modules, cmdclass = native_extensions()
-setup(ext_modules=ext_modules, cmdclass=cmdclass)
+if __name__ == "__main__":  # (pip's build backend runs this file as __main__ too; tests import its helpers)
+    ext_modules, cmdclass = native_extensions()
+    setup(ext_modules=ext_modules, cmdclass=cmdclass)

@@ -181,3 +181,19 @@ def test_dispatcher_and_cuda_glue_compile_with_the_cuda_branch(tmp_path):
         assert "error" not in err.lower(), err[-4000:]
     if cuda_inc is None:
         pytest.skip("CUDA toolkit headers not found: ops_cuda.cpp not compiled")
+
+
+def test_setup_finds_the_toolkit_behind_a_wrapper_nvcc(monkeypatch):
+    """setup.py asks nvcc where its toolkit is (TOP= of --dryrun), so a wrapper script on PATH
+    (e.g. /usr/local/bin/nvcc exec'ing the real one) still gives the right CUDA_HOME."""
+    import importlib.util
+    if shutil.which("nvcc") is None:
+        pytest.skip("nvcc not found")
+    spec = importlib.util.spec_from_file_location("lossmix_setup", os.path.join(ROOT, "setup.py"))
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)  # defines the helpers only (setup() runs under __main__)
+    monkeypatch.delenv("CUDA_HOME", raising=False)
+    monkeypatch.delenv("CUDA_PATH", raising=False)
+    home = mod._find_cuda_home()
+    assert home is not None and os.path.exists(os.path.join(home, "include", "cuda_runtime_api.h")), home
+    assert os.path.normpath(home) != "/usr/local"

@@ -26,11 +26,25 @@ _NO_CUDA = ("lossmix_ext._C was built without its CUDA kernels (torch without CU
             "GPU visible at build time: rebuild with FORCE_CUDA=1 on a CUDA build of torch)")
 
 
+def _build_reason() -> Optional[str]:
+    """Why the last build left the CUDA kernels out, as setup.py recorded it (None if unknown)."""
+    import json
+    import os
+    path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "_build_info.json")
+    try:
+        with open(path) as f:
+            reason = json.load(f).get("cuda")
+    except (OSError, ValueError):
+        return None
+    return None if reason in (None, "built") else str(reason)
+
+
 def unavailable_reason(device_type: str) -> Optional[str]:
     if _IMPORT_ERROR is not None:
         return _IMPORT_ERROR
     if not getattr(_C, "with_cuda", False):
-        return _NO_CUDA
+        why = _build_reason()
+        return f"{_NO_CUDA}; the build said: {why}" if why else _NO_CUDA
     if not torch.cuda.is_available():
         return "no CUDA device is available"
     return None
