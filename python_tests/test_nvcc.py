@@ -64,7 +64,8 @@ def objects(tmp_path_factory):
     procs = {}
     for src in CU_FILES:
         obj = out / (os.path.basename(src) + ".o")
-        cmd = [nvcc, "-c", "-std=c++17", "-O3", "--use_fast_math", "-I", CSRC, *gencode, src, "-o", str(obj)]
+        cmd = [nvcc, "-c", "-std=c++17", "-O3", "--use_fast_math", "-Xptxas", "-v", "-I", CSRC, *gencode, src,
+               "-o", str(obj)]
         procs[src] = (obj, cmd, subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
     results = {}
     for src, (obj, cmd, proc) in procs.items():
@@ -80,6 +81,48 @@ def test_nvcc_compiles(objects, src):
     assert obj.exists() and obj.stat().st_size > 0
 
 
+# Spills that ptxas reports and that are accepted (and stated in the README), as the most bytes of
+# spill stores and loads per function of that kernel template on that architecture. Every other
+# kernel and architecture must not spill.
+KNOWN_SPILLS = {("mix_bwd_kernel", "sm_90"): (24, 56)}
+
+
+def _ptxas_usage(log):
+    """[(kernel template, arch, stack bytes, spill store bytes, spill load bytes)] from ptxas -v."""
+    rows, name, arch = [], None, None
+    for line in log.splitlines():
+        m = re.search(r"Compiling entry function '(\S+)' for '(sm_\d+)'", line)
+        if m:
+            name, arch = m.group(1), m.group(2)
+            continue
+        m = re.search(r"(\d+) bytes stack frame, (\d+) bytes spill stores, (\d+) bytes spill loads", line)
+        if m and name is not None:
+            template = re.search(r"([a-z_]+_kernel)", name)
+            rows.append((template.group(1) if template else name, arch, int(m.group(1)), int(m.group(2)),
+                         int(m.group(3))))
+    return rows
+
+
+@pytest.mark.parametrize("src", CU_FILES, ids=[os.path.relpath(p, CSRC) for p in CU_FILES])
+def test_ptxas_spill_figures(objects, src):
+    """ptxas's own figures (-Xptxas -v), read for every kernel instance and architecture: no spill
+    except the ones listed in KNOWN_SPILLS, within their stated size."""
+    rc, _, cmd, log = objects[src]
+    if rc != 0:
+        pytest.skip("did not compile (reported by test_nvcc_compiles)")
+    rows = _ptxas_usage(log)
+    assert rows, f"no ptxas figures in the output of {cmd}"
+    assert {a for _, a, _, _, _ in rows} == {f"sm_{a}" for a in ARCHS}
+    for kernel, arch, stack, stores, loads in rows:
+        limit = KNOWN_SPILLS.get((kernel, arch), (0, 0))
+        assert stores <= limit[0] and loads <= limit[1], (
+            f"{kernel} on {arch} spills {stores} B stores / {loads} B loads (allowed {limit}); "
+            "fix it or state it in KNOWN_SPILLS and the README")
+        assert stack <= 32, f"{kernel} on {arch} uses a {stack}-byte stack frame"
+    spilled = sorted({(k, a, st, ld) for k, a, _, st, ld in rows if st or ld})
+    print(f"{os.path.basename(src)}: spilling instances {spilled or 'none'}")
+
+
 @pytest.mark.parametrize("src", CU_FILES, ids=[os.path.relpath(p, CSRC) for p in CU_FILES])
 def test_no_spills(objects, src):
     rc, obj, _, _ = objects[src]
@@ -93,8 +136,9 @@ def test_no_spills(objects, src):
     assert sorted(set(archs)) == sorted(ARCHS), text[:500]
     usage = re.findall(r"Function (\S+):\s*REG:(\d+) STACK:(\d+) SHARED:(\d+) LOCAL:(\d+)", text)
     assert usage, text[:500]
+    known = {k for k, _ in KNOWN_SPILLS}
     for name, reg, stack, _shared, local in usage:
-        assert int(local) == 0, f"{name} spills to local memory ({local} bytes)"
+        assert int(local) == 0 or any(k in name for k in known), f"{name} spills to local memory ({local} bytes)"
         assert int(stack) <= 32, f"{name} uses a {stack}-byte stack frame"
         assert int(reg) <= 128, f"{name} uses {reg} registers"
 
