@@ -189,42 +189,59 @@ def _cuda_include():
     return None
 
 
-def test_dispatcher_and_cuda_glue_compile_with_the_cuda_branch(tmp_path):
-    """The torch glue of the CUDA kernels (ops_cuda.cpp) and the dispatcher registration /
-    Python module with LOSSMIX_WITH_CUDA defined, syntax-only with the host compiler against
-    torch's headers and the CUDA toolkit's runtime headers. The CPU wheel of torch ships the
-    c10/cuda and ATen/cuda headers but not the one generated at torch's build
-    (c10/cuda/impl/cuda_cmake_macros.h, a single #define), which is written here. So the CUDA
-    branch of the registration and the glue's calls into c10/ATen cannot rot on machines
-    without a GPU; the full build against a CUDA torch is the device check's job."""
+def _compile_cuda_glue(first_includes):
+    """Syntax-only host compile of the CUDA torch glue (ops_cuda.cpp) and of the registration /
+    Python module with LOSSMIX_WITH_CUDA, ``first_includes`` ahead of torch's own headers."""
     import sysconfig
 
     import torch.utils.cpp_extension as ext
     cxx = os.environ.get("CXX", "c++").split()[0]
     if shutil.which(cxx) is None:
         pytest.skip("no C++ compiler")
-    stub = tmp_path / "stub" / "c10" / "cuda" / "impl"
-    stub.mkdir(parents=True)
-    (stub / "cuda_cmake_macros.h").write_text("#pragma once\n#define C10_CUDA_BUILD_SHARED_LIBS\n")
-    includes = [f"-I{p}" for p in ext.include_paths()] + [f"-I{sysconfig.get_paths()['include']}", f"-I{CSRC}",
-                                                          f"-I{tmp_path / 'stub'}"]
+    cuda_inc = _cuda_include()
+    if cuda_inc is None:
+        if os.environ.get("CI"):
+            pytest.fail("no CUDA toolkit headers found, but CI must compile the CUDA glue (install the toolkit)")
+        pytest.skip("CUDA toolkit headers not found")
+    includes = ([f"-I{p}" for p in first_includes] + [f"-I{p}" for p in ext.include_paths()]
+                + [f"-I{sysconfig.get_paths()['include']}", f"-I{CSRC}", f"-I{cuda_inc}"])
     flags = ["-fsyntax-only", "-std=c++20", "-DLOSSMIX_WITH_CUDA", "-DTORCH_EXTENSION_NAME=_C",
              "-DTORCH_API_INCLUDE_EXTENSION_H"]
-    srcs = [os.path.join(CSRC, "register.cpp"), os.path.join(CSRC, "module.cpp")]
-    cuda_inc = _cuda_include()
-    if cuda_inc is not None:
-        srcs.append(os.path.join(CSRC, "cuda", "ops_cuda.cpp"))
-        includes.append(f"-I{cuda_inc}")
-    elif os.environ.get("CI"):
-        pytest.fail("no CUDA toolkit headers found, but CI must compile the CUDA glue (install the toolkit)")
+    srcs = [os.path.join(CSRC, "cuda", "ops_cuda.cpp"), os.path.join(CSRC, "register.cpp"),
+            os.path.join(CSRC, "module.cpp")]
     procs = [subprocess.Popen([cxx] + flags + includes + [src], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                               text=True) for src in srcs]
     for src, p in zip(srcs, procs):
         _, err = p.communicate(timeout=600)
         assert p.returncode == 0, f"{os.path.basename(src)}:\n{err[-4000:]}"
         assert "error" not in err.lower(), err[-4000:]
-    if cuda_inc is None:
-        pytest.skip("CUDA toolkit headers not found: ops_cuda.cpp not compiled")
+
+
+def test_cuda_glue_compiles_against_the_cuda_build_headers():
+    """The CUDA torch glue against the CUDA build's own c10/cuda, ATen/cuda and c10/macros
+    headers of this torch version, fetched from the wheel PyPI serves for Linux (range requests,
+    a few hundred KB, cached outside the repository by tools/cuda_torch_headers.py). Skipped,
+    saying why, when they cannot be downloaded; the next test still covers the glue offline."""
+    import importlib.util
+    spec = importlib.util.spec_from_file_location("cuda_torch_headers", os.path.join(ROOT, "tools",
+                                                                                   "cuda_torch_headers.py"))
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    try:
+        inc = mod.fetch(timeout=60)
+    except (mod.FetchError, OSError) as exc:
+        pytest.skip(f"the CUDA build's headers could not be fetched ({type(exc).__name__}: {exc})")
+    _compile_cuda_glue([inc])
+
+
+def test_cuda_glue_compiles_offline(tmp_path):
+    """The same compile without network: the CPU wheel of torch ships c10/cuda and ATen/cuda but
+    not the one header generated at torch's build (c10/cuda/impl/cuda_cmake_macros.h, a single
+    #define), which is written here."""
+    stub = tmp_path / "stub" / "c10" / "cuda" / "impl"
+    stub.mkdir(parents=True)
+    (stub / "cuda_cmake_macros.h").write_text("#pragma once\n#define C10_CUDA_BUILD_SHARED_LIBS\n")
+    _compile_cuda_glue([str(tmp_path / "stub")])
 
 
 def test_setup_finds_the_toolkit_behind_a_wrapper_nvcc(monkeypatch):
