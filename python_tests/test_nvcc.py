@@ -258,3 +258,39 @@ def test_setup_finds_the_toolkit_behind_a_wrapper_nvcc(monkeypatch):
     home = mod._find_cuda_home()
     assert home is not None and os.path.exists(os.path.join(home, "include", "cuda_runtime_api.h")), home
     assert os.path.normpath(home) != "/usr/local"
+
+
+# The oldest torch the device check targets (a GPU machine with torch 2.11 + CUDA 13).
+OLDEST_TORCH = "2.11.0"
+
+
+def test_sources_compile_against_the_oldest_supported_torch():
+    """Every C++ source of the extension (the CUDA branch included) against the headers of the
+    CUDA build of torch 2.11, fetched from its wheel (range requests, cached outside the repo):
+    the C++ APIs the extension uses exist there too. Syntax-only; skipped, saying why, when the
+    headers cannot be downloaded."""
+    import importlib.util
+    import sysconfig
+    spec = importlib.util.spec_from_file_location("cuda_torch_headers", os.path.join(ROOT, "tools",
+                                                                                   "cuda_torch_headers.py"))
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    try:
+        inc = mod.fetch(OLDEST_TORCH, timeout=120, prefixes=("torch/include/",))
+    except (mod.FetchError, OSError) as exc:
+        pytest.skip(f"torch {OLDEST_TORCH}'s headers could not be fetched ({type(exc).__name__}: {exc})")
+    cxx = os.environ.get("CXX", "c++").split()[0]
+    cuda_inc = _cuda_include()
+    if shutil.which(cxx) is None or cuda_inc is None:
+        pytest.skip("needs a C++ compiler and the CUDA toolkit's headers")
+    includes = [f"-I{inc}", f"-I{os.path.join(inc, 'torch', 'csrc', 'api', 'include')}",
+                f"-I{sysconfig.get_paths()['include']}", f"-I{CSRC}", f"-I{cuda_inc}"]
+    flags = ["-fsyntax-only", "-std=c++20", "-DLOSSMIX_WITH_CUDA", "-DTORCH_EXTENSION_NAME=_C",
+             "-DTORCH_API_INCLUDE_EXTENSION_H"]
+    srcs = sorted(glob.glob(os.path.join(CSRC, "**", "*.cpp"), recursive=True))
+    assert len(srcs) >= 8, srcs
+    procs = [subprocess.Popen([cxx] + flags + includes + [src], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              text=True) for src in srcs]
+    for src, p in zip(srcs, procs):
+        _, err = p.communicate(timeout=900)
+        assert p.returncode == 0, f"{os.path.relpath(src, CSRC)} against torch {OLDEST_TORCH}:\n{err[-4000:]}"

@@ -84,13 +84,16 @@ def _directory(url: str, timeout: float) -> List[Tuple[str, int, int, int]]:
     return out
 
 
-def fetch(version: Optional[str] = None, dest: Optional[str] = None, timeout: float = 60) -> str:
-    """The include folder holding the CUDA build's c10/cuda, ATen/cuda and c10/macros headers."""
+def fetch(version: Optional[str] = None, dest: Optional[str] = None, timeout: float = 60,
+          prefixes: Tuple[str, ...] = PREFIXES) -> str:
+    """The include folder holding the CUDA build's headers under ``prefixes`` (by default its
+    c10/cuda, ATen/cuda and c10/macros headers; ``("torch/include/",)``: all of them)."""
     if version is None:
         import torch
         version = torch.__version__.split("+")[0]
+    tag = "cuda-headers" if prefixes == PREFIXES else "all-headers"
     root = dest or os.path.join(os.environ.get("LOSSMIX_EXT_CACHE", os.path.expanduser("~/.cache/lossmix_ext")),
-                                f"torch-{version}-cuda-headers")
+                                f"torch-{version}-{tag}")
     inc = os.path.join(root, "include")
     done = os.path.join(root, "COMPLETE")
     if os.path.exists(done):
@@ -99,9 +102,9 @@ def fetch(version: Optional[str] = None, dest: Optional[str] = None, timeout: fl
     members = _directory(url, timeout)
     offsets = sorted(off for _, off, _, _ in members)
     nxt: Dict[int, int] = {a: b for a, b in zip(offsets, offsets[1:])}
-    wanted = sorted((m for m in members if m[0].startswith(PREFIXES) and not m[0].endswith("/")), key=lambda m: m[1])
+    wanted = sorted((m for m in members if m[0].startswith(prefixes) and not m[0].endswith("/")), key=lambda m: m[1])
     if not wanted:
-        raise FetchError(f"the torch {version} wheel has no {PREFIXES} headers: not a CUDA build?")
+        raise FetchError(f"the torch {version} wheel has no {prefixes} headers: not a CUDA build?")
     spans: List[List[Tuple[str, int, int, int]]] = []
     for m in wanted:  # members that lie close together are read in one request
         if spans and m[1] - nxt.get(spans[-1][-1][1], m[1]) < (1 << 20):
@@ -134,9 +137,10 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--version")
     ap.add_argument("--dest")
+    ap.add_argument("--all", action="store_true", help="every header of the wheel (to compile against another torch)")
     args = ap.parse_args(argv)
     try:
-        print(fetch(args.version, args.dest))
+        print(fetch(args.version, args.dest, prefixes=("torch/include/",) if args.all else PREFIXES))
     except (FetchError, OSError) as exc:
         print(f"cannot fetch the CUDA headers: {exc}", file=sys.stderr)
         return 1
