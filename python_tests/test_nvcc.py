@@ -294,3 +294,59 @@ def test_sources_compile_against_the_oldest_supported_torch():
     for src, p in zip(srcs, procs):
         _, err = p.communicate(timeout=900)
         assert p.returncode == 0, f"{os.path.relpath(src, CSRC)} against torch {OLDEST_TORCH}:\n{err[-4000:]}"
+
+
+def _load_setup():
+    import importlib.util
+    spec = importlib.util.spec_from_file_location("lossmix_setup", os.path.join(ROOT, "setup.py"))
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)  # defines the helpers only (setup() runs under __main__)
+    return mod
+
+
+@pytest.mark.parametrize("failure", ["compile", "toolkit_mismatch", "none"])
+def test_setup_falls_back_to_the_cpu_kernels(monkeypatch, tmp_path, failure):
+    """A failed CUDA build (a compile error, or torch's toolkit-version check raising in
+    build_extensions) builds the CPU kernels instead of losing them, and records why for
+    backend_status(); with FORCE_CUDA=1 the failure is an error. The builds are simulated (the
+    real compile is exercised by every install)."""
+    import torch
+    import torch.utils.cpp_extension as ext
+    from setuptools import Distribution
+    mod = _load_setup()
+    monkeypatch.setattr(mod, "BUILD_INFO", str(tmp_path / "_build_info.json"))
+    monkeypatch.setattr(torch.version, "cuda", "13.0")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(ext, "CUDA_HOME", "/usr/local/cuda")
+    monkeypatch.setenv("CUDA_HOME", "/usr/local/cuda")
+    built = []
+
+    def fake_build(self):
+        cuda = any(s.endswith(".cu") for e in self.extensions for s in e.sources)
+        if cuda and failure != "none":
+            raise RuntimeError("nvcc: error in mix.cu" if failure == "compile" else
+                               "The detected CUDA version (12.4) mismatches the version that was used to compile "
+                               "PyTorch (13.0)")
+        built.append("cuda" if cuda else "cpu")
+
+    monkeypatch.setattr(ext.BuildExtension, "build_extensions", fake_build)
+    monkeypatch.delenv("FORCE_CUDA", raising=False)
+    monkeypatch.delenv("LOSSMIX_EXT_REQUIRE_NATIVE", raising=False)
+    exts, cmdclass = mod.native_extensions()
+    assert any(s.endswith(".cu") for s in exts[0].sources)
+    cmd = cmdclass["build_ext"](Distribution({"ext_modules": exts}))
+    cmd.extensions = list(exts)
+    cmd.build_extensions()
+    import json
+    info = json.loads((tmp_path / "_build_info.json").read_text())
+    if failure == "none":
+        assert built == ["cuda"] and info == {"cuda": "built"}
+    else:
+        assert built == ["cpu"]  # the CPU kernels were kept
+        assert "the CUDA build failed" in info["cuda"] and "RuntimeError" in info["cuda"]
+        monkeypatch.setenv("FORCE_CUDA", "1")
+        exts, cmdclass = mod.native_extensions()
+        cmd = cmdclass["build_ext"](Distribution({"ext_modules": exts}))
+        cmd.extensions = list(exts)
+        with pytest.raises(RuntimeError):
+            cmd.build_extensions()
