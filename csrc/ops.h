@@ -29,6 +29,8 @@ bool tracing(const at::Tensor& t);
 // Every element of `x` in [0, 1] (NaN fails): "<name> must lie in [0, 1] (found a value outside, or
 // nan)". While tracing (fake / functional tensors) an in-graph assert.
 void check_unit_interval(const at::Tensor& x, const char* name);
+// Every label in [0, C], C being the background label (SeesawLoss's labels).
+void check_background_labels(const at::Tensor& labels, const char* name, int64_t C);
 // check_labels with the message given.
 void check_labels_msg(const at::Tensor& labels, int64_t hi, c10::optional<int64_t> ignore_index,
                       const std::string& msg);

@@ -170,13 +170,8 @@ void seesaw_count_kernel(Tensor& cum_samples, const Tensor& labels, const option
   TORCH_CHECK_VALUE(cum_samples.dim() == 1 && cum_samples.size(0) >= 1,
                     "seesaw_count_: cum_samples must be 1-D, got shape ", cum_samples.sizes());
   const int64_t C = cum_samples.size(0) - 1;
-  auto msg = [C](const char* name) {
-    std::ostringstream s;
-    s << name << " must lie in [0, " << C << "] (num_classes=" << C << " is the background label)";
-    return s.str();
-  };
-  check_labels_msg(labels, C + 1, c10::nullopt, msg("labels"));
-  if (labels_b.has_value()) check_labels_msg(*labels_b, C + 1, c10::nullopt, msg("labels_b"));
+  check_background_labels(labels, "labels", C);
+  if (labels_b.has_value()) check_background_labels(*labels_b, "labels_b", C);
   if (check_finite_counts) check_finite(cum_samples, "cum_samples");
   if (labels.numel() > 0) add_histogram(cum_samples, labels);
   if (labels_b.has_value() && labels_b->numel() > 0) add_histogram(cum_samples, *labels_b);
@@ -228,6 +223,13 @@ bool ChecksDone::active() { return t_checks_done; }
 void check_labels(const Tensor& labels, const char* name, int64_t hi, optional<int64_t> ignore_index) {
   if (validation_mode() == Validate::Off || labels.numel() == 0) return;
   check_labels_msg(labels, hi, ignore_index, labels_msg(name, hi, ignore_index));
+}
+
+void check_background_labels(const Tensor& labels, const char* name, int64_t C) {
+  // same message as lossmix_ext._validation._labels_range_msg(..., background=True)
+  std::ostringstream s;
+  s << name << " must lie in [0, " << C << "] (num_classes=" << C << " is the background label)";
+  check_labels_msg(labels, C + 1, c10::nullopt, s.str());
 }
 
 void check_labels_msg(const Tensor& labels, int64_t hi, optional<int64_t> ignore_index, const std::string& msg) {

@@ -29,13 +29,6 @@ std::atomic<bool> g_generic_weights{false};  // tests: the device-generic (ATen)
 // Real tensors (checks can read them); fake / functional / meta tensors while tracing are not.
 bool readable(const Tensor& t) { return !tracing(t); }
 
-void check_background_labels(const Tensor& labels, const char* name, int64_t C) {
-  // same message as lossmix_ext._validation._labels_range_msg(..., background=True)
-  std::ostringstream s;
-  s << name << " must lie in [0, " << C << "] (num_classes=" << C << " is the background label)";
-  check_labels_msg(labels, C + 1, c10::nullopt, s.str());
-}
-
 Tensor count_float(const Tensor& mask, at::ScalarType om) { return mask.sum(at::kLong).to(om); }
 
 // Sum of a 1-D float / double CPU tensor into a new 0-d tensor, in a loop (at::sum is a few µs of

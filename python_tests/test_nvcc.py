@@ -166,27 +166,19 @@ def test_host_compiler_builds_shared_headers():
         assert r.returncode == 0, r.stderr
 
 
+def _load_setup():
+    import importlib.util
+    spec = importlib.util.spec_from_file_location("lossmix_setup", os.path.join(ROOT, "setup.py"))
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)  # defines the helpers only (setup() runs under __main__)
+    return mod
+
+
 def _cuda_include():
-    """The CUDA toolkit's include folder (cuda_runtime_api.h), found from nvcc, or None."""
-    nvcc = shutil.which("nvcc")
-    cands = [os.environ.get("CUDA_HOME", ""), "/usr/local/cuda"]
-    if nvcc is not None:
-        try:  # nvcc may be a wrapper script on PATH: ask it where its toolkit is
-            with tempfile.TemporaryDirectory() as d:
-                src = os.path.join(d, "e.cu")
-                open(src, "w").close()
-                out = subprocess.run([nvcc, "--dryrun", "-c", src, "-o", os.path.join(d, "e.o")],
-                                     capture_output=True, text=True, timeout=60)
-            top = re.search(r"TOP=(\S+)", out.stdout + out.stderr)
-            if top:
-                cands.insert(0, os.path.normpath(top.group(1)))
-        except (OSError, subprocess.SubprocessError):
-            pass
-    for home in cands:
-        inc = os.path.join(home, "include") if home else ""
-        if inc and os.path.exists(os.path.join(inc, "cuda_runtime_api.h")):
-            return inc
-    return None
+    """The CUDA toolkit's include folder (cuda_runtime_api.h), found as setup.py finds the toolkit
+    (asking nvcc, which may be a wrapper script on PATH), or None."""
+    home = _load_setup()._find_cuda_home()
+    return os.path.join(home, "include") if home else None
 
 
 def _compile_cuda_glue(first_includes):
@@ -247,12 +239,9 @@ def test_cuda_glue_compiles_offline(tmp_path):
 def test_setup_finds_the_toolkit_behind_a_wrapper_nvcc(monkeypatch):
     """setup.py asks nvcc where its toolkit is (TOP= of --dryrun), so a wrapper script on PATH
     (e.g. /usr/local/bin/nvcc exec'ing the real one) still gives the right CUDA_HOME."""
-    import importlib.util
     if shutil.which("nvcc") is None:
         pytest.skip("nvcc not found")
-    spec = importlib.util.spec_from_file_location("lossmix_setup", os.path.join(ROOT, "setup.py"))
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)  # defines the helpers only (setup() runs under __main__)
+    mod = _load_setup()
     monkeypatch.delenv("CUDA_HOME", raising=False)
     monkeypatch.delenv("CUDA_PATH", raising=False)
     home = mod._find_cuda_home()
@@ -294,14 +283,6 @@ def test_sources_compile_against_the_oldest_supported_torch():
     for src, p in zip(srcs, procs):
         _, err = p.communicate(timeout=900)
         assert p.returncode == 0, f"{os.path.relpath(src, CSRC)} against torch {OLDEST_TORCH}:\n{err[-4000:]}"
-
-
-def _load_setup():
-    import importlib.util
-    spec = importlib.util.spec_from_file_location("lossmix_setup", os.path.join(ROOT, "setup.py"))
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)  # defines the helpers only (setup() runs under __main__)
-    return mod
 
 
 @pytest.mark.parametrize("failure", ["compile", "toolkit_mismatch", "none"])
