@@ -13,8 +13,6 @@ namespace {
 using at::Tensor;
 using c10::optional;
 
-constexpr double kF32Eps = 1.1920928955078125e-07;  // torch.finfo(torch.float32).eps
-
 Tensor lossmix_reduce(const Tensor& loss_a, const Tensor& loss_b, const optional<Tensor>& lam, double lam_value,
                       const optional<Tensor>& weights, c10::string_view reduction,
                       const optional<Tensor>& avg_factor_t, optional<double> avg_factor) {

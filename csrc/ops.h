@@ -12,6 +12,9 @@
 
 namespace lmx {
 
+// torch.finfo(torch.float32).eps: what mmdetection adds to avg_factor before dividing by it.
+constexpr double kF32Eps = 1.1920928955078125e-07;
+
 // ------------------------------------------------------------------ validation mode
 // Mirrors lossmix_ext._validation (set from Python on import and by set_validation).
 enum class Validate : int { Auto = 0, Sync = 1, Off = 2 };

@@ -22,8 +22,6 @@ using FwdSig = std::tuple<Tensor, Tensor, Tensor>(const Tensor&, const Tensor&, 
                                                    const optional<Tensor>&, const optional<Tensor>&, double, double,
                                                    double, optional<int64_t>, c10::string_view);
 
-constexpr double kF32Eps = 1.1920928955078125e-07;  // torch.finfo(torch.float32).eps, mmdetection's avg_factor eps
-
 std::atomic<bool> g_generic_weights{false};  // tests: the device-generic (ATen) weights on CPU too
 
 // Real tensors (checks can read them); fake / functional / meta tensors while tracing are not.

@@ -46,6 +46,7 @@ import torch
 from torch import Tensor
 
 from . import _backend, _validation
+from ._reference import F32_EPS
 
 NS = "lossmix_ext"
 
@@ -253,7 +254,6 @@ def _seesaw_backward(ctx, grad_loss, grad_obj, _grad_grad):
 #         d(Σ class loss + Σ objectness loss)/d logits, as seesaw_fwd's.
 # With the extension this is a C++ composite (csrc/seesaw_loss.cpp); otherwise the Python below,
 # which also serves `inplace_grad` (through `fwd=SeesawInplace.apply`).
-_F32_EPS = float(torch.finfo(torch.float32).eps)
 
 
 def seesaw_loss_py(logits, labels, labels_b, lam, lam_value, label_weights, counts, p, q, eps, ignore_index,
@@ -275,11 +275,11 @@ def seesaw_loss_py(logits, labels, labels_b, lam, lam_value, label_weights, coun
     mean = reduction == "mean"
     avg = None
     if mean and avg_factor_tensor is not None and avg_factor_tensor.device.type == "cpu" and logits.device.type != "cpu":
-        avg = float(avg_factor_tensor) + _F32_EPS  # a host value: no copy to the device
+        avg = float(avg_factor_tensor) + F32_EPS  # a host value: no copy to the device
     elif mean and avg_factor_tensor is not None:
-        avg = avg_factor_tensor.to(logits.device).to(om).reshape(()) + _F32_EPS
+        avg = avg_factor_tensor.to(logits.device).to(om).reshape(()) + F32_EPS
     elif mean and avg_factor is not None:
-        avg = avg_factor + _F32_EPS
+        avg = avg_factor + F32_EPS
     if pair:
         lam_a = lam.to(om) if lam is not None else lam_value
         lams = (lam_a, 1 - lam_a)
@@ -349,7 +349,7 @@ def lossmix_reduce_py(loss_a, loss_b, lam, lam_value, weights, reduction, avg_fa
         return loss
     if reduction == "sum" or (avg_factor_tensor is None and avg_factor is None):
         return loss.sum() if reduction == "sum" else loss.mean()
-    div = (avg_factor_tensor if avg_factor_tensor is not None else avg_factor) + _F32_EPS
+    div = (avg_factor_tensor if avg_factor_tensor is not None else avg_factor) + F32_EPS
     return loss.sum() / div
 
 if NATIVE_REGISTRATION:

@@ -17,16 +17,6 @@ from torch import Tensor
 
 from . import _backend, _ops
 from . import _validation as V
-from ._reference import F32_EPS
-
-
-def _divisor(reduction: str, avg_factor, count):
-    """What a 'mean' divides by: ``avg_factor + eps`` when given, else ``count``; 1 otherwise."""
-    if reduction != "mean":
-        return 1.0
-    if avg_factor is not None:
-        return avg_factor + F32_EPS
-    return count
 
 
 def _avg_factor(avg_factor, device) -> None:
@@ -143,13 +133,21 @@ def _seesaw_class_loss(cls_score, label_sets, lam, cum_samples, p, q, eps, label
     return rows
 
 
-def _lam_args(lam, n: int, device):
-    """``lam`` as the op's ``(lam, lam_value)``: a checked Python number stays a number."""
+def _lam_args(lam, n: int, device, check_values: bool = True):
+    """``lam`` as the op's ``(lam, lam_value)``: a checked Python number stays a number; a tensor's
+    values are checked here unless ``check_values=False`` (an op that checks them itself)."""
     if isinstance(lam, Real) and not isinstance(lam, bool):
         if not 0.0 <= float(lam) <= 1.0:
             raise ValueError(f"lam must lie in [0, 1], got {lam}")
         return None, float(lam)
-    return V.lam_vector(lam, n, device), 1.0
+    return V.lam_vector(lam, n, device, check_values=check_values), 1.0
+
+
+def _avg_factor_args(avg_factor):
+    """``avg_factor`` (checked) as the ops' ``(avg_factor_tensor, avg_factor)`` pair."""
+    if isinstance(avg_factor, Tensor):
+        return avg_factor, None
+    return None, (float(avg_factor) if avg_factor is not None else None)
 
 
 def _loss_op(logits, labels, labels_b, lam_t, lam_value, label_weights, counts, p, q, eps, ignore_index, objectness, reduction,
@@ -157,8 +155,7 @@ def _loss_op(logits, labels, labels_b, lam_t, lam_value, label_weights, counts, 
     """Run :func:`lossmix_ext._ops.seesaw_loss` (arguments checked, backend resolved); with
     ``inplace_grad`` in eager mode when a gradient is needed, its Python form over
     ``SeesawInplace``."""
-    af_t = avg_factor if isinstance(avg_factor, Tensor) else None
-    af = float(avg_factor) if avg_factor is not None and af_t is None else None
+    af_t, af = _avg_factor_args(avg_factor)
     if _uses_inplace(logits, inplace_grad):
         out = _ops.seesaw_loss_py(logits, labels, labels_b, lam_t, lam_value, label_weights, counts, p, q, eps,
                                   ignore_index, objectness, reduction, af_t, af, loss_weight, op_backend,
@@ -443,14 +440,8 @@ def lossmix_reduce(loss_a: Tensor, loss_b: Tensor, lam, *, weights: Optional[Ten
         if not ok:
             raise ValueError(f"weights of shape {tuple(weights.shape)} do not broadcast to the losses' "
                              f"shape {tuple(loss_a.shape)}")
-    if isinstance(lam, Real) and not isinstance(lam, bool):
-        lam_t, lam_value = None, V.real_arg(lam, "lam")
-        if not 0.0 <= lam_value <= 1.0:
-            raise ValueError(f"lam must lie in [0, 1], got {lam}")
-    else:
-        lam_t, lam_value = V.lam_vector(lam, loss_a.shape[0], loss_a.device, check_values=False), 1.0
-    af_t = avg_factor if isinstance(avg_factor, Tensor) else None
-    af = float(avg_factor) if avg_factor is not None and af_t is None else None
+    lam_t, lam_value = _lam_args(lam, loss_a.shape[0], loss_a.device, check_values=False)  # the op checks λ
+    af_t, af = _avg_factor_args(avg_factor)
     return _ops.lossmix_reduce(loss_a, loss_b, lam_t, lam_value, weights, reduction, af_t, af)
 
 

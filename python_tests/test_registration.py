@@ -15,7 +15,6 @@ import torch.nn.functional as F
 
 import lossmix_ext as L
 from lossmix_ext import _ops
-from lossmix_ext import _reference as R
 from lossmix_ext import _validation as V
 
 NATIVE = _ops.NATIVE_REGISTRATION

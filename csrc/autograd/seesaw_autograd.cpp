@@ -54,17 +54,13 @@ const c10::TypedOperatorHandle<LossSig>& loss_op() {
   return op;
 }
 
-// Keys of tensors that are not plain eager tensors, and of active functorch transforms. (Only
-// functionality keys: a backend key such as Meta would also match every dense tensor.)
-const c10::DispatchKeySet kNotPlain({c10::DispatchKey::Python, c10::DispatchKey::PythonTLSSnapshot,
-                                     c10::DispatchKey::Functionalize, c10::DispatchKey::FuncTorchBatched,
-                                     c10::DispatchKey::FuncTorchGradWrapper,
-                                     c10::DispatchKey::FuncTorchDynamicLayerFrontMode,
-                                     c10::DispatchKey::FuncTorchDynamicLayerBackMode});
+// Keys present in the thread's dispatch state while a functorch transform runs.
+const c10::DispatchKeySet kFunctorchModes({c10::DispatchKey::FuncTorchDynamicLayerFrontMode,
+                                           c10::DispatchKey::FuncTorchDynamicLayerBackMode});
 
 bool may_reuse(const Tensor& grad) {
-  if (!grad.is_contiguous() || grad.is_meta() || grad.key_set().has_any(kNotPlain)) return false;
-  if (c10::impl::tls_local_dispatch_key_set().included_.has_any(kNotPlain)) return false;
+  if (!grad.is_contiguous() || tracing(grad)) return false;  // subclass, fake / functional, functorch, meta
+  if (c10::impl::tls_local_dispatch_key_set().included_.has_any(kFunctorchModes)) return false;
   return !at::SavedTensorDefaultHooks::get_hooks(false).has_value();
 }
 
