@@ -676,6 +676,33 @@ def test_gpu_seesaw_inplace_bwd_and_no_sync():
 
 @pytest.mark.gpu
 @needs_cuda_kernels
+@pytest.mark.parametrize("shape", [(7, 3), (600000, 5), (64, 83), (64, 1205), (33, 4098), (5, 70002)])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16, torch.float64])
+def test_gpu_seesaw_bwd_shapes(shape, dtype):
+    """The 2-D backward kernel (rows over blockIdx.y / threadIdx.y, columns over x): short and
+    long rows, more rows than one grid covers, vector and scalar (misaligned) paths, in place
+    with factors of exactly 1 on whole rows and on the class part only; vs the torch kernel."""
+    n, ct = shape
+    om = _ops.opmath_dtype(dtype)
+    g = torch.Generator(device="cuda").manual_seed(n + ct)
+    gl = torch.randn(n, generator=g, device="cuda", dtype=om)
+    go = torch.randn(n, generator=g, device="cuda", dtype=om)
+    gl[::3] = 1.0
+    go[::6] = 1.0  # rows 0, 6, ...: both factors 1; rows 3, 9, ...: the class factor only
+    for misaligned in (False, True):
+        base = torch.randn(n * ct + 1, generator=g, device="cuda").to(dtype)
+        grad = base[1:].view(n, ct) if misaligned else base[:-1].view(n, ct)
+        for obj in (None, go):
+            want = torch_backend.seesaw_bwd(grad, gl, obj)
+            got = _ops.seesaw_bwd(grad, gl, obj, "cuda")
+            assert torch.equal(got, want), (misaligned, obj is None)
+            buf = grad.clone() if not misaligned else torch.empty(n * ct + 1, device="cuda", dtype=dtype)[1:].view(n, ct).copy_(grad)
+            out = _backend.kernel("seesaw_bwd_inplace", "cuda")(buf, gl, obj)
+            assert out.data_ptr() == buf.data_ptr() and torch.equal(buf, want), (misaligned, obj is None)
+
+
+@pytest.mark.gpu
+@needs_cuda_kernels
 @pytest.mark.parametrize("dtype", [torch.uint8, torch.float32, torch.float16, torch.float64])
 @pytest.mark.parametrize("channels_last", [False, True])
 def test_gpu_mix(dtype, channels_last):

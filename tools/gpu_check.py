@@ -12,7 +12,8 @@ Run from a checkout. Steps, each capped so the whole run ends within ``--budget`
    toolkit behind a wrapper ``nvcc``);
 3. ``pytest -m gpu`` (parity with the reference on the GPU, CUDA-graph capture, two-device
    launches where two GPUs exist);
-4. the GPU-only checks of ``tools/gpu_extra.py``, one process each: more than 2^31 elements,
+4. the GPU-only checks of ``tools/gpu_extra.py``, one process each: more than 2^31 elements
+   (a batch, and one sample: the mix kernels' 64-bit index path),
    misaligned / strided inputs, determinism, CUDA-graph replay, device-assert behaviour;
 5. compute-sanitizer memcheck and racecheck on tiny calls of every kernel family;
 6. the benchmark's quick set on the device (``torch.compile`` skipped) and the host-overhead
@@ -34,7 +35,7 @@ from typing import List, Optional, Sequence, Tuple
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 EXTRA = os.path.join(ROOT, "tools", "gpu_extra.py")
-CHECKS = ("big_seesaw", "big_mix", "misaligned", "determinism", "graphs", "assert_poison")
+CHECKS = ("big_seesaw", "big_mix", "wide_sample", "misaligned", "determinism", "graphs", "assert_poison")
 
 
 class Run:

@@ -108,6 +108,34 @@ def c_big_mix():
             report("big_mix", be, "FAIL", f"{type(exc).__name__}: {str(exc)[:200]}")
 
 
+def c_wide_sample():
+    """Samples of more than 2^31 elements each (the mix kernels' 64-bit index path), with CutMix
+    boxes and per-channel mean / std, uint8 → float16; the last rows of every channel (the
+    elements past 2^31) checked against the reference on those rows."""
+    b, h, w = (2, 6, 5) if ARGS.small else (2, 26755, 26755)  # 3·h·w > 2^31 on the GPU
+    g = torch.Generator(device=dev()).manual_seed(0)
+    x = torch.randint(0, 256, (b, 3, h, w), dtype=torch.uint8, device=dev(), generator=g)
+    lam, idx = torch.tensor([0.25, 0.75], device=dev()), torch.tensor([1, 0], device=dev())
+    boxes = torch.tensor([[h - 4, 1, h, w // 2], [0, 0, h - 2, w]], device=dev())  # (y0, x0, y1, x1)
+    mean, std = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
+    r0 = h - 5
+    from lossmix_ext import _reference as R
+    tail = x[:, :, r0:].float().cpu()
+    shifted = (boxes.cpu() - torch.tensor([r0, 0, r0, 0])).clamp(min=0)
+    want = R.mix_images(tail, lam.cpu(), idx.cpu(), shifted, torch.tensor(mean), torch.tensor(std), 1 / 255)
+    for be in backends("mix_images"):
+        try:
+            out = L.mix_images(x, lam, idx, boxes=boxes, mean=mean, std=std,
+                               out_dtype=torch.float16 if dev().type == "cuda" else torch.float32, backend=be)
+            sync()
+            err = close(out[:, :, r0:].float().cpu(), want, 2e-3, 4e-3)
+            report("wide_sample", be, "PASS" if not err else "FAIL", f"{b}x3x{h}x{w} {err}")
+            del out
+        except Exception as exc:
+            report("wide_sample", be, "FAIL", f"{type(exc).__name__}: {str(exc)[:200]}")
+        torch.cuda.empty_cache() if dev().type == "cuda" else None
+
+
 def c_misaligned():
     """Logits at odd offsets and row strides (no 16-byte alignment), every dtype, vs torch."""
     dtypes = [torch.float32] + ([torch.float16, torch.bfloat16] if dev().type == "cuda" else [])

@@ -1,10 +1,12 @@
 // CUDA kernels of mix_images / mix_images_backward / mix_images_ (plain CUDA, launched through
 // launch.h). Grids are (element blocks, samples); every element is read and written once per
 // sample, coalesced; the per-pixel CutMix test and the channel of an element come from its
-// index in the sample (NCHW or channels_last). The backward reads the inverse of the index
+// index in the sample (NCHW or channels_last), split with 32-bit multiply-high dividers built on
+// the host (fast_div.h) -- no 64-bit `/` or `%` per element below 2^31 elements per sample. The backward reads the inverse of the index
 // (sources of each sample, built on the device by the glue) so that repeated indices add up
 // deterministically, in increasing order of the source sample, without atomics.
 #include "common.cuh"
+#include "fast_div.h"
 
 namespace {
 
@@ -14,21 +16,63 @@ constexpr int kThreads = 256;
 constexpr int kPerThread = 4;
 constexpr unsigned kMaxGridY = 65535;
 
-struct Layout {
-  int64_t C, H, W;
-  bool cl;
-  __device__ __forceinline__ int64_t channel(int64_t e) const { return cl ? e % C : e / (H * W); }
-  __device__ __forceinline__ bool in_box(int64_t e, const int64_t* box) const {
-    const int64_t x = cl ? (e / C) % W : e % W;
-    const int64_t y = cl ? e / (C * W) : (e / W) % H;
+// Where element e of a sample (an index in [0, C*H*W)) lies: its channel, and whether it is in a
+// CutMix box (rows [y0, y1) x columns [x0, x1)). Narrow: samples of < 2^31 elements, 32-bit
+// multiply-high division by the host-built dividers; wide: 64-bit division (no practical image
+// is that large, but the kernels stay exact for it).
+struct Pixel {
+  int64_t y, x;
+  // in box (y0, x0, y1, x1): rows [y0, y1) x columns [x0, x1)
+  __device__ __forceinline__ bool in(const int64_t* box) const {
     return y >= box[0] && y < box[2] && x >= box[1] && x < box[3];
   }
 };
 
-template <typename Tin, typename Tout>
-__global__ void __launch_bounds__(kThreads) mix_kernel(const lmx_mix_args a) {
+struct NarrowLayout {
+  lmx_fast::FastDiv C, H, W, HW;
+  bool cl;
+  static NarrowLayout make(const int64_t C_, const int64_t H_, const int64_t W_, const bool cl_) {
+    NarrowLayout l;
+    l.C = lmx_fast::FastDiv(static_cast<uint32_t>(C_));
+    l.H = lmx_fast::FastDiv(static_cast<uint32_t>(H_));
+    l.W = lmx_fast::FastDiv(static_cast<uint32_t>(W_));
+    l.HW = lmx_fast::FastDiv(static_cast<uint32_t>(H_ * W_));
+    l.cl = cl_;
+    return l;
+  }
+  __device__ __forceinline__ int64_t channel(int64_t e64) const {
+    const uint32_t e = static_cast<uint32_t>(e64);
+    return cl ? C.mod(e, C.div(e)) : HW.div(e);
+  }
+  __device__ __forceinline__ Pixel pixel(int64_t e64) const {
+    const uint32_t e = static_cast<uint32_t>(e64);
+    if (cl) {  // e = (y * W + x) * C + ch
+      const uint32_t q = C.div(e), y = W.div(q);
+      return Pixel{y, W.mod(q, y)};
+    }
+    const uint32_t q = W.div(e);  // e = (ch * H + y) * W + x
+    return Pixel{H.mod(q, H.div(q)), W.mod(e, q)};
+  }
+};
+
+struct WideLayout {
+  int64_t C, H, W;
+  bool cl;
+  static WideLayout make(const int64_t C_, const int64_t H_, const int64_t W_, const bool cl_) {
+    return WideLayout{C_, H_, W_, cl_};
+  }
+  __device__ __forceinline__ int64_t channel(int64_t e) const { return cl ? e % C : e / (H * W); }
+  __device__ __forceinline__ Pixel pixel(int64_t e) const {
+    return cl ? Pixel{e / (C * W), (e / C) % W} : Pixel{(e / W) % H, e % W};
+  }
+};
+
+// Samples below this many elements take the narrow layout.
+constexpr int64_t kNarrowMax = int64_t(1) << 31;
+
+template <typename Tin, typename Tout, typename Layout>
+__global__ void __launch_bounds__(kThreads) mix_kernel(const lmx_mix_args a, const Layout lay) {
   using A = typename Opmath<Tout>::type;
-  const Layout lay{a.C, a.H, a.W, a.channels_last != 0};
   const A scale = static_cast<A>(a.scale);
   const A* lam = static_cast<const A*>(a.lam);
   const A* mean = static_cast<const A*>(a.mean);
@@ -40,7 +84,9 @@ __global__ void __launch_bounds__(kThreads) mix_kernel(const lmx_mix_args a) {
     const Tin* xb = static_cast<const Tin*>(a.x) + c * a.P;
     Tout* o = static_cast<Tout*>(a.out) + b * a.P;
     const A l = lam[b], oml = A(1) - l;
-    const int64_t* box = a.boxes != nullptr ? a.boxes + 4 * b : nullptr;
+    const bool has_box = a.boxes != nullptr;
+    const int64_t y0 = has_box ? a.boxes[4 * b] : 0, x0 = has_box ? a.boxes[4 * b + 1] : 0;
+    const int64_t y1 = has_box ? a.boxes[4 * b + 2] : 0, x1 = has_box ? a.boxes[4 * b + 3] : 0;
     const int64_t base = static_cast<int64_t>(blockIdx.x) * kThreads * kPerThread + threadIdx.x;
 #pragma unroll
     for (int j = 0; j < kPerThread; ++j) {
@@ -54,16 +100,16 @@ __global__ void __launch_bounds__(kThreads) mix_kernel(const lmx_mix_args a) {
       }
       const A va = lmx::normalise(static_cast<A>(to_op(xa[e])), scale, m, s, mean != nullptr, stdv != nullptr);
       const A vb = lmx::normalise(static_cast<A>(to_op(xb[e])), scale, m, s, mean != nullptr, stdv != nullptr);
-      const A r = (box != nullptr && lay.in_box(e, box)) ? vb : lmx::mix_value(va, vb, l, oml);
+      const Pixel px = has_box ? lay.pixel(e) : Pixel{0, 0};
+      const A r = (has_box && px.y >= y0 && px.y < y1 && px.x >= x0 && px.x < x1) ? vb : lmx::mix_value(va, vb, l, oml);
       o[e] = from_op<Tout>(r);
     }
   }
 }
 
-template <typename Tg, typename Tdx>
-__global__ void __launch_bounds__(kThreads) mix_bwd_kernel(const lmx_mix_bwd_args a) {
+template <typename Tg, typename Tdx, typename Layout>
+__global__ void __launch_bounds__(kThreads) mix_bwd_kernel(const lmx_mix_bwd_args a, const Layout lay) {
   using A = typename Opmath<Tdx>::type;
-  const Layout lay{a.C, a.H, a.W, a.channels_last != 0};
   const A scale = static_cast<A>(a.scale);
   const A* lam = static_cast<const A*>(a.lam);
   const A* stdv = static_cast<const A*>(a.stdv);
@@ -76,18 +122,19 @@ __global__ void __launch_bounds__(kThreads) mix_bwd_kernel(const lmx_mix_bwd_arg
     for (int j = 0; j < kPerThread; ++j) {
       const int64_t e = base + j * kThreads;
       if (e >= a.P) break;
-      const A s = stdv != nullptr ? stdv[lay.channel(e)] : A(1);
-      auto gp = [&](int64_t b) {  // (g * scale) / std, as the reference computes it
-        return lmx::normalise(static_cast<A>(to_op(g[b * a.P + e])), scale, A(0), s, false, stdv != nullptr);
-      };
+      const Pixel px = a.boxes != nullptr ? lay.pixel(e) : Pixel{0, 0};  // once, for every box below
       auto weight = [&](int64_t b) {  // a_b: lam outside box b, 0 inside
-        return (a.boxes != nullptr && lay.in_box(e, a.boxes + 4 * b)) ? A(0) : lam[b];
+        return (a.boxes != nullptr && px.in(a.boxes + 4 * b)) ? A(0) : lam[b];
       };
-      A acc = weight(t) * gp(t);
+      auto gv = [&](int64_t b) { return static_cast<A>(to_op(g[b * a.P + e])); };
+      A acc = weight(t) * gv(t);
       for (int64_t k = j0; k < j1; ++k) {
         const int64_t b = a.sources[k];
-        acc += (A(1) - weight(b)) * gp(b);
+        acc += (A(1) - weight(b)) * gv(b);
       }
+      // the normalisation's chain rule once per element: (sum * scale) / std
+      const A s = stdv != nullptr ? stdv[lay.channel(e)] : A(1);
+      acc = lmx::normalise(acc, scale, A(0), s, false, stdv != nullptr);
       dx[e] = from_op<Tdx>(acc);
     }
   }
@@ -122,7 +169,12 @@ dim3 mix_grid(int64_t B, int64_t P) {
 
 template <typename Tin, typename Tout>
 cudaError_t launch_mix(const lmx_mix_args& a, cudaStream_t st) {
-  mix_kernel<Tin, Tout><<<mix_grid(a.B, a.P), kThreads, 0, st>>>(a);
+  const dim3 grid = mix_grid(a.B, a.P);
+  const bool cl = a.channels_last != 0;
+  if (a.P < kNarrowMax)
+    mix_kernel<Tin, Tout><<<grid, kThreads, 0, st>>>(a, NarrowLayout::make(a.C, a.H, a.W, cl));
+  else
+    mix_kernel<Tin, Tout><<<grid, kThreads, 0, st>>>(a, WideLayout::make(a.C, a.H, a.W, cl));
   return cudaGetLastError();
 }
 
@@ -138,7 +190,12 @@ cudaError_t launch_mix_in(const lmx_mix_args& a, cudaStream_t st) {
 
 template <typename Tg, typename Tdx>
 cudaError_t launch_bwd(const lmx_mix_bwd_args& a, cudaStream_t st) {
-  mix_bwd_kernel<Tg, Tdx><<<mix_grid(a.B, a.P), kThreads, 0, st>>>(a);
+  const dim3 grid = mix_grid(a.B, a.P);
+  const bool cl = a.channels_last != 0;
+  if (a.P < kNarrowMax)
+    mix_bwd_kernel<Tg, Tdx><<<grid, kThreads, 0, st>>>(a, NarrowLayout::make(a.C, a.H, a.W, cl));
+  else
+    mix_bwd_kernel<Tg, Tdx><<<grid, kThreads, 0, st>>>(a, WideLayout::make(a.C, a.H, a.W, cl));
   return cudaGetLastError();
 }
 

@@ -247,33 +247,41 @@ __global__ void __launch_bounds__(G == kWarp ? kWarpBlock : G)
   }
 }
 
+// 2-D: threadIdx.y / blockIdx.y walk the rows, threadIdx.x / blockIdx.x the (vectors of) columns
+// of a row, so a thread reads its row's factors once and never divides an element index.
 template <typename T, bool VEC>
 __global__ void seesaw_bwd_kernel(const lmx_seesaw_bwd_args a) {
   using A = typename Opmath<T>::type;
-  const T* g = static_cast<const T*>(a.grad);
-  T* o = static_cast<T*>(a.out);
   const A* gl = static_cast<const A*>(a.grad_loss);
   const A* go = static_cast<const A*>(a.grad_obj);
-  const int64_t total = a.N * a.CT;
   const bool in_place = a.grad == a.out;
-  const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
   constexpr int NV = VEC ? Vec16<T>::N : 1;
-  for (int64_t e = (static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x) * NV; e < total; e += stride * NV) {
-    const int64_t i = e / a.CT;  // with VEC, CT % NV == 0: the NV elements share the row
-    const int64_t k0 = e - i * a.CT;
+  const int64_t nv = VEC ? a.CT / NV : a.CT;  // with VEC, CT % NV == 0
+  const int64_t v0 = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  const int64_t vstride = static_cast<int64_t>(gridDim.x) * blockDim.x;
+  const int64_t rstride = static_cast<int64_t>(gridDim.y) * blockDim.y;
+  for (int64_t i = static_cast<int64_t>(blockIdx.y) * blockDim.y + threadIdx.y; i < a.N; i += rstride) {
     const A sl = gl[i * a.gl_s];
     const A so = go != nullptr ? go[i * a.go_s] : sl;
-    // in place, a factor of exactly 1 leaves the element as it is: skip its traffic (with VEC the
-    // NV elements may straddle the class / objectness boundary, so both factors must be 1)
-    if (in_place && (VEC ? (sl == A(1) && so == A(1)) : (((go != nullptr && k0 >= a.C) ? so : sl) == A(1)))) continue;
-    if (VEC) {
-      A v[Vec16<T>::N];
-      Vec16<T>::load(g + e, v);
+    // in place, a factor of exactly 1 leaves an element as it is: skip its traffic
+    if (in_place && sl == A(1) && so == A(1)) continue;
+    const T* g = static_cast<const T*>(a.grad) + i * a.CT;
+    T* o = static_cast<T*>(a.out) + i * a.CT;
+    for (int64_t v = v0; v < nv; v += vstride) {
+      const int64_t k0 = v * NV;
+      if (VEC) {
+        // the NV elements may straddle the class / objectness boundary
+        if (in_place && (go == nullptr || k0 + NV <= a.C ? sl : (k0 >= a.C ? so : A(0))) == A(1)) continue;
+        A x[Vec16<T>::N];
+        Vec16<T>::load(g + k0, x);
 #pragma unroll
-      for (int j = 0; j < Vec16<T>::N; ++j) v[j] = v[j] * ((go != nullptr && k0 + j >= a.C) ? so : sl);
-      Vec16<T>::store(o + e, v);
-    } else {
-      o[e] = from_op<T>(to_op(g[e]) * ((go != nullptr && k0 >= a.C) ? so : sl));
+        for (int j = 0; j < Vec16<T>::N; ++j) x[j] = x[j] * ((go != nullptr && k0 + j >= a.C) ? so : sl);
+        Vec16<T>::store(o + k0, x);
+      } else {
+        const A f = (go != nullptr && k0 >= a.C) ? so : sl;
+        if (in_place && f == A(1)) continue;
+        o[k0] = from_op<T>(to_op(g[k0]) * f);
+      }
     }
   }
 }
@@ -298,15 +306,17 @@ cudaError_t launch_fwd(const lmx_seesaw_fwd_args& a, cudaStream_t stream) {
 
 template <typename T>
 cudaError_t launch_bwd(const lmx_seesaw_bwd_args& a, cudaStream_t stream) {
-  const int64_t total = a.N * a.CT;
-  if (total == 0) return cudaSuccess;
+  if (a.N == 0 || a.CT == 0) return cudaSuccess;
   const bool vec = aligned16(a.grad) && aligned16(a.out) && a.CT % Vec16<T>::N == 0;
-  const int threads = 256;
-  const int64_t per = vec ? Vec16<T>::N : 1;
-  const int64_t blocks = ceil_div(ceil_div(total, per), threads);
-  const dim3 grid(static_cast<unsigned>(blocks < 65536 * 8 ? blocks : 65536 * 8));
-  if (vec) seesaw_bwd_kernel<T, true><<<grid, threads, 0, stream>>>(a);
-  else seesaw_bwd_kernel<T, false><<<grid, threads, 0, stream>>>(a);
+  const int64_t nv = vec ? a.CT / Vec16<T>::N : a.CT;
+  // a row's vectors over whole warps (at most 256 threads), the rest of the 256 over rows
+  const int tx = static_cast<int>(nv >= 256 ? 256 : ceil_div(nv, int64_t(32)) * 32);
+  const int ty = 256 / tx;
+  const int64_t gx = ceil_div(nv, int64_t(tx)), gy = ceil_div(a.N, int64_t(ty));
+  const dim3 block(static_cast<unsigned>(tx), static_cast<unsigned>(ty));
+  const dim3 grid(static_cast<unsigned>(gx < 1024 ? gx : 1024), static_cast<unsigned>(gy < 65535 ? gy : 65535));
+  if (vec) seesaw_bwd_kernel<T, true><<<grid, block, 0, stream>>>(a);
+  else seesaw_bwd_kernel<T, false><<<grid, block, 0, stream>>>(a);
   return cudaGetLastError();
 }
 
