@@ -23,12 +23,13 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         py::arg("eps"), py::arg("ignore_index"));
   m.def("seesaw_bwd_cpu", &lmx_cpu::seesaw_bwd, "seesaw_bwd on CPU tensors (inplace: over grad)", py::arg("grad"),
         py::arg("grad_loss"), py::arg("grad_obj"), py::arg("inplace") = false);
-  m.def("mix_images_cpu", &lmx_cpu::mix_images, "mix_images (no boxes) on CPU tensors", py::arg("images"),
-        py::arg("lam"), py::arg("index"), py::arg("mean"), py::arg("std"), py::arg("scale"));
+  m.def("mix_images_cpu", &lmx_cpu::mix_images, "mix_images on CPU tensors", py::arg("images"),
+        py::arg("lam"), py::arg("index"), py::arg("mean"), py::arg("std"), py::arg("scale"),
+        py::arg("boxes") = py::none());
   m.def("mix_images_backward_cpu", &lmx_cpu::mix_images_backward, "mix_images_backward (no boxes) on CPU tensors",
         py::arg("grad"), py::arg("lam"), py::arg("index"), py::arg("std"), py::arg("scale"));
   m.def("mix_images_inplace_cpu", &lmx_cpu::mix_images_inplace, "mix_images_ on CPU tensors", py::arg("images"),
-        py::arg("lam"), py::arg("index"));
+        py::arg("lam"), py::arg("index"), py::arg("boxes") = py::none());
   // For the Seesaw backward, which may reuse the gradient saved in the forward as its result:
   // true when the running backward keeps the graph (retain_graph / create_graph), or when no
   // backward is running.
@@ -99,7 +100,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         py::arg("grad"), py::arg("lam"), py::arg("index"), py::arg("boxes"), py::arg("std"), py::arg("scale"),
         py::arg("images_dtype"));
   m.def("mix_images_inplace_cuda", &lmx_cuda::mix_images_inplace, "mix_images_ on CUDA tensors", py::arg("images"),
-        py::arg("lam"), py::arg("index"));
+        py::arg("lam"), py::arg("index"), py::arg("boxes") = py::none());
 #else
   m.attr("with_cuda") = false;
 #endif

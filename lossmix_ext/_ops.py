@@ -1,4 +1,4 @@
-"""The registered ops: contracts, fake (meta) kernels, autograd, and dispatch to backends.
+r"""The registered ops: contracts, fake (meta) kernels, autograd, and dispatch to backends.
 
 Every op lives in the ``lossmix_ext`` namespace; the loss ops' last argument names the backend
 (already resolved by the caller, see :mod:`._backend`). With the extension, ``seesaw_fwd``,
@@ -480,19 +480,23 @@ torch.library.register_autograd(f"{NS}::mix_images", _mix_backward, setup_contex
 
 
 # --------------------------------------------------------------------------- mix_images_ (in place, pairs)
-# mix_images_ — in-place mixup for an involutive pairing (index[index[b]] == b: flip, or a
-# random matching of disjoint pairs; fixed points b == index[b] stay as they are). Each pair
-# (b, c) is mixed from one read of x[b] and x[c]:
+# mix_images_ — in-place mixup / CutMix for an involutive pairing (index[index[b]] == b: flip,
+# or a random matching of disjoint pairs; fixed points b == index[b] stay as they are). Each
+# pair (b, c) is mixed from one read of x[b] and x[c]:
 #     x[b] ← λ[b]·x[b] + (1−λ[b])·x[c],   x[c] ← λ[c]·x[c] + (1−λ[c])·x[b]   (old values, opmath)
-#     images (B, ...) floating, mutated; lam (B,) opmath; index (B,) int64. Not differentiable.
+# and inside CutMix box b (boxes given), x[b] ← x[c] (old value); likewise box c.
+#     images (B, ...) floating, mutated ((B, C, H, W) with boxes); lam (B,) opmath; index (B,)
+#     int64; boxes (B, 4) int64 (y0, x0, y1, x1) half-open, or None. Not differentiable.
 @torch.library.custom_op(f"{NS}::mix_images_", mutates_args=("images",))
-def mix_images_(images: Tensor, lam: Tensor, index: Tensor, backend: str) -> None:
+def mix_images_(images: Tensor, lam: Tensor, index: Tensor, boxes: Optional[Tensor], backend: str) -> None:
     _validation.in_unit_interval(lam, "lam")
     _validation.labels_in_range(index, "index", images.shape[0])
     _validation.involutive(index, "index")
-    _backend.kernel("mix_images_", backend)(images, lam, index)
+    if boxes is not None:
+        _validation.boxes_in_image(boxes, "boxes", images.shape[-2], images.shape[-1])
+    _backend.kernel("mix_images_", backend)(images, lam, index, boxes)
 
 
 @mix_images_.register_fake
-def _mix_images_inplace_fake(images, lam, index, backend):
+def _mix_images_inplace_fake(images, lam, index, boxes, backend):
     return None

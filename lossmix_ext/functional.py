@@ -357,6 +357,21 @@ def _out_dtype(out_dtype) -> None:
         raise TypeError(f"out_dtype must be a floating torch.dtype or None, got {out_dtype!r}")
 
 
+def _boxes_arg(boxes: Optional[Tensor], images: Tensor) -> Optional[Tensor]:
+    """CutMix ``boxes``: None, or (B, 4) integer (y0, x0, y1, x1) on the images' device, for
+    (B, C, H, W) images; returned int64 and contiguous."""
+    if boxes is None:
+        return None
+    if images.dim() != 4:
+        raise ValueError(f"boxes needs (B, C, H, W) images, got shape {tuple(images.shape)}")
+    V.tensor(boxes, "boxes")
+    b = images.shape[0]
+    if boxes.dtype not in V.INDEX_DTYPES or boxes.shape != (b, 4):
+        raise ValueError(f"boxes must be an int64 tensor of shape ({b}, 4), got {boxes.dtype} {tuple(boxes.shape)}")
+    V.same_device(boxes, "boxes", images.device)
+    return boxes.long().contiguous()
+
+
 def mix_images(images: Tensor, lam, index: Tensor, *, boxes: Optional[Tensor] = None,
                mean: Optional[Sequence[float] | Tensor] = None, std: Optional[Sequence[float] | Tensor] = None,
                scale: Optional[float] = None, out_dtype: Optional[torch.dtype] = None,
@@ -387,31 +402,30 @@ def mix_images(images: Tensor, lam, index: Tensor, *, boxes: Optional[Tensor] = 
         if v is not None and images.dim() != 4:
             raise ValueError(f"{name} needs (B, C, H, W) images, got shape {tuple(images.shape)}")
     per_channel = [_per_channel(v, name, images.shape[1], dev, om) for name, v in (("mean", mean), ("std", std))]
-    if boxes is not None:
-        V.tensor(boxes, "boxes")
-        if boxes.dtype not in V.INDEX_DTYPES or boxes.shape != (b, 4):
-            raise ValueError(f"boxes must be an int64 tensor of shape ({b}, 4), got {boxes.dtype} {tuple(boxes.shape)}")
-        V.same_device(boxes, "boxes", dev)
-        boxes = boxes.long().contiguous()
+    boxes = _boxes_arg(boxes, images)
     name = _backend.resolve("mix_images", backend, dev)
     return _ops.mix_images(images, lam, index.long().contiguous(), boxes, per_channel[0], per_channel[1],
                            scale, out_dtype, name)
 
 
-def mix_images_(images: Tensor, lam, index: Tensor, *, backend: Optional[str] = None) -> Tensor:
-    """In-place mixup for a pairing that is its own inverse (``index[index[b]] == b``: pairing
-    ``"flip"``, or ``sample_mix(..., pairing="pairs")``): both members of each pair are mixed
-    from one read of each, ``x[b] ← λ[b]·x[b] + (1−λ[b])·x[index[b]]``. Returns ``images``
-    (floating, shaped as for :func:`mix_images`; not an expanded view whose elements share memory).
-    Not differentiable (meant for input batches): ``images`` must not require grad while grad
-    mode is on. Every check runs before ``images`` is written."""
+def mix_images_(images: Tensor, lam, index: Tensor, *, boxes: Optional[Tensor] = None,
+                backend: Optional[str] = None) -> Tensor:
+    """In-place mixup / CutMix for a pairing that is its own inverse (``index[index[b]] == b``:
+    pairing ``"flip"``, or ``sample_mix(..., pairing="pairs")``): both members of each pair are
+    mixed from one read of each, ``x[b] ← λ[b]·x[b] + (1−λ[b])·x[index[b]]``, and inside CutMix
+    box b (``boxes`` (B, 4) int64 (y0, x0, y1, x1), half-open, for (B, C, H, W) images)
+    ``x[b] ← x[index[b]]`` — the values :func:`mix_images` would give, without the new tensor.
+    Returns ``images`` (floating, shaped as for :func:`mix_images`; not an expanded view whose
+    elements share memory). Not differentiable (meant for input batches): ``images`` must not
+    require grad while grad mode is on. Every check runs before ``images`` is written."""
     _inplace_images(images)
     b = images.shape[0]
     dev = images.device
     V.index_tensor(index, "index", b, dev)
     lam = V.lam_vector(lam, b, dev).to(_ops.opmath_dtype(images.dtype)).contiguous()
+    boxes = _boxes_arg(boxes, images)
     name = _backend.resolve("mix_images_", backend, dev)
-    _ops.mix_images_(images, lam, index.long().contiguous(), name)
+    _ops.mix_images_(images, lam, index.long().contiguous(), boxes, name)
     return images
 
 

@@ -47,7 +47,8 @@ def test_opcheck_mix(backend):
     torch.library.opcheck(_ops.mix_images, (u8, lam, idx, None, None, None, 1 / 255, torch.float32, backend))
     g = torch.randn(4, 3, 5, 6)
     torch.library.opcheck(_ops.mix_images_backward, (g, lam, idx, boxes, std, 0.5, torch.float32, backend))
-    torch.library.opcheck(_ops.mix_images_, (torch.randn(4, 7), lam, torch.tensor([3, 2, 1, 0]), backend))
+    torch.library.opcheck(_ops.mix_images_, (torch.randn(4, 7), lam, torch.tensor([3, 2, 1, 0]), None, backend))
+    torch.library.opcheck(_ops.mix_images_, (torch.randn(4, 3, 5, 6), lam, torch.tensor([3, 2, 1, 0]), boxes, backend))
 
 
 def test_opcheck_count_labels():

@@ -502,10 +502,20 @@ def test_mix_images_inplace(backend, data):
         x = torch.cat([x, x], -1)[..., ::2]
     index = involutive_index(b, g)
     lam = 0.35 if lam_kind == "float" else torch.rand(b, generator=g, dtype=opmath(dtype))
-    want = x.clone()
-    L.mix_images_(want, lam, index, backend="torch")
+    boxes = None
+    if x.dim() == 4 and data.draw(st.booleans(), label="boxes"):
+        h, w = x.shape[-2:]
+        y0, x0 = torch.randint(0, h + 1, (b,), generator=g), torch.randint(0, w + 1, (b,), generator=g)
+        y1 = (y0 + torch.randint(0, h + 1, (b,), generator=g)).clamp(max=h)
+        x1 = (x0 + torch.randint(0, w + 1, (b,), generator=g)).clamp(max=w)
+        boxes = torch.stack([y0, x0, y1, x1], 1)  # empty, partial, edge and whole-image boxes
+    # what mix_images (out of place, the reference) gives; fixed points stay as they are
+    lam_t = torch.full((b,), lam, dtype=torch.float32) if isinstance(lam, float) else lam  # a number: float32
+    want = R.mix_images(x, lam_t.to(opmath(dtype)), index, boxes).to(dtype)
+    fixed = index == torch.arange(b)
+    want[fixed] = x[fixed]
     got = x.clone()
-    out = L.mix_images_(got, lam, index, backend=backend)
+    out = L.mix_images_(got, lam, index, boxes=boxes, backend=backend)
     assert out is got
     assert_match(got, want, *TOL[dtype]["mix"], f"[{backend}] mix_images_")
 

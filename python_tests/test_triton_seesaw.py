@@ -435,7 +435,9 @@ def test_aot_compile_sm80_sm90():
     for r in rows:
         if "registers" in r:  # cuobjdump available: every configuration fits in registers, no spills
             assert r["registers"] <= 255, r
-            assert r.get("local_bytes", 0) == 0 and r.get("stack_bytes", 0) == 0, r
+            # no local memory (spills); a call frame of at most 16 B (the fp32 division's slow path
+            # in the looped kernels on sm_90, depending on the triton version) is accepted
+            assert r.get("local_bytes", 0) == 0 and r.get("stack_bytes", 0) <= 16, r
 
 
 # --------------------------------------------------------------------------- GPU parity (skipped without CUDA)

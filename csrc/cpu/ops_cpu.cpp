@@ -11,6 +11,7 @@
 #include <type_traits>
 #include <vector>
 
+#include "../lossmix_math.h"
 #include "kernels.h"
 
 namespace lmx_cpu {
@@ -316,8 +317,34 @@ Tensor seesaw_bwd(const Tensor& grad, const Tensor& grad_loss, const c10::option
 }
 
 // ----------------------------------------------------------------------------- image mixing
+namespace {
+// Calls f(k0, k1) for the runs of elements [k0, k1) of one sample, within [e0, e1), that lie in
+// the CutMix box (y0, x0, y1, x1) (half-open rows x columns) of a (C, H, W) sample, NCHW
+// (e = (c * H + y) * W + x) or channels-last (e = (y * W + x) * C + c).
+template <class F>
+void box_runs(int64_t e0, int64_t e1, int64_t C, int64_t H, int64_t W, bool cl, const int64_t* box, F&& f) {
+  const int64_t y0 = std::max<int64_t>(box[0], 0), x0 = std::max<int64_t>(box[1], 0);
+  const int64_t y1 = std::min(box[2], H), x1 = std::min(box[3], W);
+  if (y0 >= y1 || x0 >= x1 || e0 >= e1) return;
+  if (cl) {
+    const int64_t row = W * C;  // one image row, all channels
+    for (int64_t y = std::max(y0, e0 / row); y < y1 && y * row < e1; ++y) {
+      const int64_t k0 = std::max(e0, (y * W + x0) * C), k1 = std::min(e1, (y * W + x1) * C);
+      if (k0 < k1) f(k0, k1);
+    }
+  } else {
+    for (int64_t r = e0 / W; r * W < e1; ++r) {  // r = c * H + y
+      const int64_t y = r % H;
+      if (y < y0 || y >= y1) continue;
+      const int64_t k0 = std::max(e0, r * W + x0), k1 = std::min(e1, r * W + x1);
+      if (k0 < k1) f(k0, k1);
+    }
+  }
+}
+}  // namespace
+
 Tensor mix_images(const Tensor& images, const Tensor& lam, const Tensor& index, const c10::optional<Tensor>& mean,
-                  const c10::optional<Tensor>& stdv, double scale) {
+                  const c10::optional<Tensor>& stdv, double scale, const c10::optional<Tensor>& boxes) {
   TORCH_CHECK(images.device().is_cpu(), "mix_images (cpu backend): images must be on the CPU");
   const auto dt = images.scalar_type();
   TORCH_CHECK(dt == at::kByte || dt == at::kFloat || dt == at::kDouble,
@@ -329,6 +356,7 @@ Tensor mix_images(const Tensor& images, const Tensor& lam, const Tensor& index, 
   const int64_t B = images.size(0);
   const bool norm = mean.has_value() || stdv.has_value();
   TORCH_CHECK(!norm || images.dim() == 4, "mix_images: mean / std need (B, C, H, W) images");
+  TORCH_CHECK(!boxes.has_value() || images.dim() == 4, "mix_images: boxes need (B, C, H, W) images");
   Tensor out = at::empty_like(images, images.options().dtype(out_dt));
   TORCH_CHECK(out.strides() == images.strides(), "mix_images (cpu kernel): unexpected output layout");
   if (images.numel() == 0) return out;
@@ -336,6 +364,12 @@ Tensor mix_images(const Tensor& images, const Tensor& lam, const Tensor& index, 
   const int64_t P = images.numel() / B;
   Tensor lam_c = lam.reshape({-1}).to(om).contiguous();
   Tensor idx = index.reshape({-1}).to(at::kLong).contiguous();
+  TORCH_CHECK(!boxes.has_value() || boxes->numel() == 4 * B, "mix_images: boxes must have shape (B, 4)");
+  Tensor box_c = boxes.has_value() ? boxes->reshape({-1}).to(at::kLong).contiguous() : Tensor();
+  const int64_t* bp = boxes.has_value() ? box_c.const_data_ptr<int64_t>() : nullptr;
+  const bool cl = images.dim() == 4 && !images.is_contiguous();  // channels_last (sample_blocks)
+  const int64_t C4 = images.dim() == 4 ? images.size(1) : 1, H4 = images.dim() == 4 ? images.size(2) : 1;
+  const int64_t W4 = images.dim() == 4 ? images.size(3) : P;
   int64_t channels = 1, inner = 1;
   if (norm) {
     channels = images.size(1);
@@ -346,8 +380,9 @@ Tensor mix_images(const Tensor& images, const Tensor& lam, const Tensor& index, 
   const int64_t chunk = norm && inner == 1 ? (kMixChunk + channels - 1) / channels * channels : kMixChunk;
   const int64_t nch = (P + chunk - 1) / chunk;
   const KernelTable& tab = table();
-  auto launch = [&](auto tag, auto fn) {
-    using Tm = decltype(tag);
+  auto launch = [&](auto in_tag, auto tag, auto fn) {
+    using Tin = decltype(in_tag);
+    using Tm = decltype(tag);  // also the output type
     MixArgs<Tm> a;
     a.x = images.const_data_ptr();
     a.out = out.mutable_data_ptr();
@@ -362,14 +397,29 @@ Tensor mix_images(const Tensor& images, const Tensor& lam, const Tensor& index, 
     a.inner = inner;
     at::parallel_for(0, B * nch, 1, [&](int64_t i0, int64_t i1) {
       for (int64_t it = i0; it < i1; ++it) {
-        const int64_t b = it / nch, e0 = (it % nch) * chunk;
-        fn(a, b, e0, std::min(P, e0 + chunk));
+        const int64_t b = it / nch, e0 = (it % nch) * chunk, e1 = std::min(P, e0 + chunk);
+        fn(a, b, e0, e1);
+        if (bp == nullptr) continue;
+        // CutMix: inside box b the partner's normalised value (the chunk is still in cache)
+        int64_t c = a.index[b];
+        if (c < 0 || c >= B) c = b;  // out-of-range partner (value checks off), as the mixing
+        const Tin* xp = static_cast<const Tin*>(a.x) + c * P;
+        Tm* o = static_cast<Tm*>(a.out) + b * P;
+        box_runs(e0, e1, C4, H4, W4, cl, bp + 4 * b, [&](int64_t k0, int64_t k1) {
+          // one row of one channel (NCHW), or whole pixels from channel 0 (channels-last)
+          int64_t ch = cl ? k0 % C4 : (k0 / (H4 * W4)) % C4;
+          for (int64_t k = k0; k < k1; ++k) {
+            o[k] = lmx::normalise(static_cast<Tm>(xp[k]), a.scale, a.mean ? a.mean[ch] : Tm(0),
+                                  a.stdv ? a.stdv[ch] : Tm(1), a.mean != nullptr, a.stdv != nullptr);
+            if (cl && ++ch == C4) ch = 0;
+          }
+        });
       }
     });
   };
-  if (dt == at::kByte) launch(float(), tab.mix_u8_f32);
-  else if (dt == at::kFloat) launch(float(), tab.mix_f32_f32);
-  else launch(double(), tab.mix_f64_f64);
+  if (dt == at::kByte) launch(uint8_t(), float(), tab.mix_u8_f32);
+  else if (dt == at::kFloat) launch(float(), float(), tab.mix_f32_f32);
+  else launch(double(), double(), tab.mix_f64_f64);
   return out;
 }
 
@@ -439,25 +489,34 @@ Tensor mix_images_backward(const Tensor& grad, const Tensor& lam, const Tensor& 
   return out;
 }
 
-void mix_images_inplace(at::Tensor& images, const Tensor& lam, const Tensor& index) {
+
+void mix_images_inplace(at::Tensor& images, const Tensor& lam, const Tensor& index,
+                        const c10::optional<Tensor>& boxes) {
   TORCH_CHECK(images.device().is_cpu(), "mix_images_ (cpu backend): images must be on the CPU");
   const auto dt = images.scalar_type();
   TORCH_CHECK(dt == at::kFloat || dt == at::kDouble, "mix_images_ (cpu kernel): images must be float32 or float64, got ",
               dt);
   TORCH_CHECK(images.dim() >= 1, "mix_images_: images must have a batch dimension");
   TORCH_CHECK(sample_blocks(images), "mix_images_ (cpu kernel): images must be contiguous or channels_last");
+  TORCH_CHECK(!boxes.has_value() || images.dim() == 4, "mix_images_: boxes need (B, C, H, W) images");
   if (images.numel() == 0) return;
   const int64_t B = images.size(0), P = images.numel() / B;
   TORCH_CHECK(lam.numel() == B && index.numel() == B, "mix_images_: lam and index must have B = ", B, " entries");
+  TORCH_CHECK(!boxes.has_value() || boxes->numel() == 4 * B, "mix_images_: boxes must have shape (B, 4)");
   Tensor lam_c = lam.reshape({-1}).to(dt).contiguous();
   Tensor idx = index.reshape({-1}).to(at::kLong).contiguous();
+  Tensor box_c = boxes.has_value() ? boxes->reshape({-1}).to(at::kLong).contiguous() : Tensor();
   const int64_t* ip = idx.const_data_ptr<int64_t>();
+  const int64_t* bp = boxes.has_value() ? box_c.const_data_ptr<int64_t>() : nullptr;
   std::vector<std::pair<int64_t, int64_t>> pairs;
   for (int64_t b = 0; b < B; ++b) {
     const int64_t c = ip[b];
     if (c > b && c < B && ip[c] == b) pairs.emplace_back(b, c);  // fixed points stay as they are
   }
   if (pairs.empty()) return;
+  const bool cl = images.dim() == 4 && !images.is_contiguous();  // channels_last (sample_blocks)
+  const int64_t C = images.dim() == 4 ? images.size(1) : 1, H = images.dim() == 4 ? images.size(2) : 1;
+  const int64_t W = images.dim() == 4 ? images.size(3) : P;
   const int64_t npairs = static_cast<int64_t>(pairs.size());
   const int64_t nch = (P + kMixChunk - 1) / kMixChunk;
   auto launch = [&](auto tag) {
@@ -466,10 +525,26 @@ void mix_images_inplace(at::Tensor& images, const Tensor& lam, const Tensor& ind
     const Tm* lp = lam_c.const_data_ptr<Tm>();
     auto fn = Fns<Tm>::pair(table());
     at::parallel_for(0, npairs * nch, 1, [&](int64_t i0, int64_t i1) {
+      std::vector<Tm> old_b, old_c;  // the chunk's values before mixing, for the boxes
       for (int64_t it = i0; it < i1; ++it) {
         const auto& pr = pairs[it / nch];
-        const int64_t e0 = (it % nch) * kMixChunk;
-        fn(x + pr.first * P, x + pr.second * P, lp[pr.first], lp[pr.second], e0, std::min(P, e0 + kMixChunk));
+        const int64_t e0 = (it % nch) * kMixChunk, e1 = std::min(P, e0 + kMixChunk);
+        Tm* xb = x + pr.first * P;
+        Tm* xc = x + pr.second * P;
+        if (bp == nullptr) {
+          fn(xb, xc, lp[pr.first], lp[pr.second], e0, e1);
+          continue;
+        }
+        // CutMix: box b takes the partner's old values, box c likewise; the rest is mixed
+        old_b.assign(xb + e0, xb + e1);
+        old_c.assign(xc + e0, xc + e1);
+        fn(xb, xc, lp[pr.first], lp[pr.second], e0, e1);
+        box_runs(e0, e1, C, H, W, cl, bp + 4 * pr.first, [&](int64_t k0, int64_t k1) {
+          std::copy(old_c.begin() + (k0 - e0), old_c.begin() + (k1 - e0), xb + k0);
+        });
+        box_runs(e0, e1, C, H, W, cl, bp + 4 * pr.second, [&](int64_t k0, int64_t k1) {
+          std::copy(old_b.begin() + (k0 - e0), old_b.begin() + (k1 - e0), xc + k0);
+        });
       }
     });
   };

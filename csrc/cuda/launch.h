@@ -85,13 +85,16 @@ typedef struct {
   double scale;
 } lmx_mix_bwd_args;
 
-/* mix_images_: in place, pairs (b, index[b]) with b < index[b] and index[index[b]] == b. */
+/* mix_images_: in place, pairs (b, index[b]) with b < index[b] and index[index[b]] == b; inside
+ * CutMix box b, x[b] takes x[index[b]]'s old value. Layout as for mix_images. */
 typedef struct {
   void* x;
   int dtype; /* f16, bf16, f32, f64 */
-  int64_t B, P;
+  int64_t B, P, C, H, W;
+  int channels_last;
   const void* lam; /* opmath (B,) */
   const int64_t* index;
+  const int64_t* boxes; /* (B, 4) (y0, x0, y1, x1) or NULL */
 } lmx_mix_pairs_args;
 
 int lmx_cuda_seesaw_fwd(const lmx_seesaw_fwd_args* args, void* stream);

@@ -140,8 +140,8 @@ __global__ void __launch_bounds__(kThreads) mix_bwd_kernel(const lmx_mix_bwd_arg
   }
 }
 
-template <typename T>
-__global__ void __launch_bounds__(kThreads) mix_pairs_kernel(const lmx_mix_pairs_args a) {
+template <typename T, typename Layout>
+__global__ void __launch_bounds__(kThreads) mix_pairs_kernel(const lmx_mix_pairs_args a, const Layout lay) {
   using A = typename Opmath<T>::type;
   const A* lam = static_cast<const A*>(a.lam);
   for (int64_t b = blockIdx.y; b < a.B; b += gridDim.y) {
@@ -150,14 +150,28 @@ __global__ void __launch_bounds__(kThreads) mix_pairs_kernel(const lmx_mix_pairs
     T* xb = static_cast<T*>(a.x) + b * a.P;
     T* xc = static_cast<T*>(a.x) + c * a.P;
     const A lb = lam[b], lc = lam[c], omb = A(1) - lb, omc = A(1) - lc;
+    const bool has_box = a.boxes != nullptr;
+    // box corners once per pair (no per-element loads of them)
+    const int64_t* bb = has_box ? a.boxes + 4 * b : nullptr;
+    const int64_t* bc = has_box ? a.boxes + 4 * c : nullptr;
+    const int64_t by0 = has_box ? bb[0] : 0, bx0 = has_box ? bb[1] : 0, by1 = has_box ? bb[2] : 0,
+                  bx1 = has_box ? bb[3] : 0;
+    const int64_t cy0 = has_box ? bc[0] : 0, cx0 = has_box ? bc[1] : 0, cy1 = has_box ? bc[2] : 0,
+                  cx1 = has_box ? bc[3] : 0;
     const int64_t base = static_cast<int64_t>(blockIdx.x) * kThreads * kPerThread + threadIdx.x;
 #pragma unroll
     for (int j = 0; j < kPerThread; ++j) {
       const int64_t e = base + j * kThreads;
       if (e >= a.P) break;
       const A u = to_op(xb[e]), v = to_op(xc[e]);
-      xb[e] = from_op<T>(lmx::mix_value(u, v, lb, omb));
-      xc[e] = from_op<T>(lmx::mix_value(v, u, lc, omc));
+      A rb = lmx::mix_value(u, v, lb, omb), rc = lmx::mix_value(v, u, lc, omc);
+      if (has_box) {
+        const Pixel px = lay.pixel(e);
+        if (px.y >= by0 && px.y < by1 && px.x >= bx0 && px.x < bx1) rb = v;
+        if (px.y >= cy0 && px.y < cy1 && px.x >= cx0 && px.x < cx1) rc = u;
+      }
+      xb[e] = from_op<T>(rb);
+      xc[e] = from_op<T>(rc);
     }
   }
 }
@@ -242,16 +256,29 @@ extern "C" int lmx_cuda_mix_backward(const lmx_mix_bwd_args* a, void* stream) {
   }
 }
 
+namespace {
+
+template <typename T>
+cudaError_t launch_pairs(const lmx_mix_pairs_args& a, cudaStream_t st) {
+  const dim3 grid = mix_grid(a.B, a.P);
+  const bool cl = a.channels_last != 0;
+  if (a.P < kNarrowMax)
+    mix_pairs_kernel<T><<<grid, kThreads, 0, st>>>(a, NarrowLayout::make(a.C, a.H, a.W, cl));
+  else
+    mix_pairs_kernel<T><<<grid, kThreads, 0, st>>>(a, WideLayout::make(a.C, a.H, a.W, cl));
+  return cudaGetLastError();
+}
+
+}  // namespace
+
 extern "C" int lmx_cuda_mix_pairs(const lmx_mix_pairs_args* a, void* stream) {
   if (a->B == 0 || a->P == 0) return 0;
   const cudaStream_t st = static_cast<cudaStream_t>(stream);
-  const dim3 grid = mix_grid(a->B, a->P);
   switch (a->dtype) {
-    case LMX_F32: mix_pairs_kernel<float><<<grid, kThreads, 0, st>>>(*a); break;
-    case LMX_F16: mix_pairs_kernel<__half><<<grid, kThreads, 0, st>>>(*a); break;
-    case LMX_BF16: mix_pairs_kernel<__nv_bfloat16><<<grid, kThreads, 0, st>>>(*a); break;
-    case LMX_F64: mix_pairs_kernel<double><<<grid, kThreads, 0, st>>>(*a); break;
+    case LMX_F32: return static_cast<int>(launch_pairs<float>(*a, st));
+    case LMX_F16: return static_cast<int>(launch_pairs<__half>(*a, st));
+    case LMX_BF16: return static_cast<int>(launch_pairs<__nv_bfloat16>(*a, st));
+    case LMX_F64: return static_cast<int>(launch_pairs<double>(*a, st));
     default: return static_cast<int>(cudaErrorInvalidValue);
   }
-  return static_cast<int>(cudaGetLastError());
 }

@@ -293,25 +293,31 @@ Tensor mix_images_backward(const Tensor& grad, const Tensor& lam, const Tensor& 
   return out;
 }
 
-void mix_images_inplace(Tensor& images, const Tensor& lam, const Tensor& index) {
+void mix_images_inplace(Tensor& images, const Tensor& lam, const Tensor& index, const c10::optional<Tensor>& boxes) {
   TORCH_CHECK(images.is_cuda(), "mix_images_ (cuda backend): images must be a CUDA tensor");
   TORCH_CHECK(images.dim() >= 1, "mix_images_: images must have a batch dimension");
   same_device(lam, images, "mix_images_", "lam");
   same_device(index, images, "mix_images_", "index");
+  same_device(boxes, images, "mix_images_", "boxes");
   TORCH_CHECK(sample_blocks(images), "mix_images_ (cuda kernel): images must be contiguous or channels_last");
+  TORCH_CHECK(!boxes.has_value() || images.dim() == 4, "mix_images_: boxes need (B, C, H, W) images");
   const c10::cuda::CUDAGuard guard(images.device());
   if (images.numel() == 0) return;
   const int64_t B = images.size(0);
   Tensor lam_c = lam.reshape({-1}).to(opmath(images.scalar_type())).contiguous();
   Tensor idx = index.reshape({-1}).to(at::kLong).contiguous();
   TORCH_CHECK(lam_c.numel() == B && idx.numel() == B, "mix_images_: lam and index must have B = ", B, " entries");
+  TORCH_CHECK(!boxes.has_value() || boxes->numel() == 4 * B, "mix_images_: boxes must have shape (B, 4)");
+  Tensor box = boxes.has_value() ? boxes->to(at::kLong).contiguous() : Tensor();
   lmx_mix_pairs_args a{};
+  layout(images, &a.C, &a.H, &a.W, &a.channels_last);
   a.x = images.mutable_data_ptr();
   a.dtype = dtype_code(images.scalar_type());
   a.B = B;
   a.P = images.numel() / B;
   a.lam = lam_c.const_data_ptr();
   a.index = idx.const_data_ptr<int64_t>();
+  a.boxes = box.defined() ? box.const_data_ptr<int64_t>() : nullptr;
   check_launch(lmx_cuda_mix_pairs(&a, current_stream()), "mix_images_");
 }
 

@@ -38,6 +38,7 @@ at::Tensor mix_images_backward(const at::Tensor& grad, const at::Tensor& lam, co
                                const c10::optional<at::Tensor>& boxes, const c10::optional<at::Tensor>& stdv,
                                double scale, at::ScalarType images_dtype);
 
-void mix_images_inplace(at::Tensor& images, const at::Tensor& lam, const at::Tensor& index);
+void mix_images_inplace(at::Tensor& images, const at::Tensor& lam, const at::Tensor& index,
+                        const c10::optional<at::Tensor>& boxes);
 
 }  // namespace lmx_cuda

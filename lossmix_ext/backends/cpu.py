@@ -39,11 +39,11 @@ _MIX_NATIVE = {(torch.uint8, torch.float32), (torch.float32, torch.float32), (to
 
 
 def mix_images(images, lam, index, boxes, mean, std, scale, out_dtype):
-    native = (boxes is None and (images.dtype, out_dtype) in _MIX_NATIVE and _sample_blocks(images)
-              and (images.dim() == 4 or (mean is None and std is None)))
+    native = ((images.dtype, out_dtype) in _MIX_NATIVE and _sample_blocks(images)
+              and (images.dim() == 4 or (mean is None and std is None and boxes is None)))
     if not native:
         return _torch_backend.mix_images(images, lam, index, boxes, mean, std, scale, out_dtype)
-    return _C.mix_images_cpu(images, lam, index, mean, std, float(scale))
+    return _C.mix_images_cpu(images, lam, index, mean, std, float(scale), boxes)
 
 
 def mix_images_backward(grad, lam, index, boxes, std, scale, images_dtype):
@@ -54,10 +54,10 @@ def mix_images_backward(grad, lam, index, boxes, std, scale, images_dtype):
     return _C.mix_images_backward_cpu(grad, lam, index, std, float(scale))
 
 
-def mix_images_inplace(images, lam, index):
+def mix_images_inplace(images, lam, index, boxes=None):
     if images.dtype not in (torch.float32, torch.float64) or not _sample_blocks(images):
-        return _torch_backend.mix_images_inplace(images, lam, index)
-    _C.mix_images_inplace_cpu(images, lam, index)
+        return _torch_backend.mix_images_inplace(images, lam, index, boxes)
+    _C.mix_images_inplace_cpu(images, lam, index, boxes)
 
 
 if _C is not None:

@@ -72,10 +72,10 @@ def mix_images_backward(grad, lam, index, boxes, std, scale, images_dtype):
     return _C.mix_images_backward_cuda(grad, lam, index, boxes, std, float(scale), images_dtype)
 
 
-def mix_images_inplace(images, lam, index):
+def mix_images_inplace(images, lam, index, boxes=None):
     if images.dtype not in _LOW + (torch.float64,) or not _sample_blocks(images):
-        return _torch_backend.mix_images_inplace(images, lam, index)
-    _C.mix_images_inplace_cuda(images, lam, index)
+        return _torch_backend.mix_images_inplace(images, lam, index, boxes)
+    _C.mix_images_inplace_cuda(images, lam, index, boxes)
 
 
 if _C is not None and getattr(_C, "with_cuda", False):

@@ -128,6 +128,6 @@ def mix_images_backward(grad, lam, index, boxes, std, scale, images_dtype):
 
 
 @register_kernel("mix_images_", "torch")
-def mix_images_inplace(images, lam, index):
-    mixed = _reference.mix_images(images, lam, index)
+def mix_images_inplace(images, lam, index, boxes=None):
+    mixed = _reference.mix_images(images, lam, index, boxes)
     images.copy_(mixed)

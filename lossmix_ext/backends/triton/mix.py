@@ -30,8 +30,8 @@ Bytes moved (B·M elements of s_in bytes in, s_out bytes out):
   buffer, and correct for any index (repeats, samples nobody picked). For a permutation:
   2 reads + 1 write, as the forward.
 * ``mix_images_``: one program per pair chunk reads x[b] and x[c] once and writes both:
-  1 read + 1 write of the batch (1× a clone). Fixed points and pairs with λ == 1 on both
-  sides are not touched.
+  1 read + 1 write of the batch (1× a clone), CutMix boxes applied with a select. Fixed
+  points and pairs with λ == 1 and no box on both sides are not touched.
 
 Out-of-range index values (possible only with validation off) are skipped, never read.
 float64 is routed to the torch kernels (maths in float64 there).
@@ -202,9 +202,12 @@ def _mix_bwd_kernel(g_ptr, dx_ptr, lam_ptr, order_ptr, starts_ptr, boxes_ptr, st
     tl.store(dx_ptr + j.to(tl.int64) * M + o, acc.to(dx_ptr.dtype.element_ty), mask=mask)
 
 
-@triton.jit
-def _mix_pairs_kernel(x_ptr, lam_ptr, index_ptr, B, M, n_chunks, BLOCK: tl.constexpr):
-    # The program of the smaller member b of a pair (b, c = index[b] > b) mixes both.
+@triton.jit(do_not_specialize=_DNS)
+def _mix_pairs_kernel(x_ptr, lam_ptr, index_ptr, boxes_ptr, B, M, n_chunks,
+                      channels_last, magic1, shift1, d1, magic2, shift2, d2,
+                      HAS_BOX: tl.constexpr, BLOCK: tl.constexpr):
+    # The program of the smaller member b of a pair (b, c = index[b] > b) mixes both; inside
+    # box b, x[b] takes x[c]'s old value (and inside box c, x[c] takes x[b]'s).
     pid = tl.program_id(0)
     b = pid // n_chunks
     chunk = pid - b * n_chunks
@@ -218,8 +221,15 @@ def _mix_pairs_kernel(x_ptr, lam_ptr, index_ptr, B, M, n_chunks, BLOCK: tl.const
     active = active & (tl.load(index_ptr + c) == b)
     lam_b = tl.load(lam_ptr + b)
     lam_c = tl.load(lam_ptr + c)
-    st_b = active & (lam_b != 1.0)
-    st_c = active & (lam_c != 1.0)
+    if HAS_BOX:
+        _, h, w = _chw(o, channels_last, magic1, shift1, d1, magic2, shift2, d2)
+        in_b, any_b = _inside_box(boxes_ptr, b, h, w)
+        in_c, any_c = _inside_box(boxes_ptr, c, h, w)
+        st_b = active & ((lam_b != 1.0) | any_b)
+        st_c = active & ((lam_c != 1.0) | any_c)
+    else:
+        st_b = active & (lam_b != 1.0)
+        st_c = active & (lam_c != 1.0)
     m_load = mask & _splat(st_b | st_c, o)
     pb = x_ptr + b.to(tl.int64) * M + o
     pc = x_ptr + c.to(tl.int64) * M + o
@@ -227,6 +237,9 @@ def _mix_pairs_kernel(x_ptr, lam_ptr, index_ptr, B, M, n_chunks, BLOCK: tl.const
     xc = tl.load(pc, mask=m_load, other=0).to(tl.float32)
     nb = lam_b * xb + (1.0 - lam_b) * xc
     nc = lam_c * xc + (1.0 - lam_c) * xb
+    if HAS_BOX:
+        nb = tl.where(in_b, xc, nb)
+        nc = tl.where(in_c, xb, nc)
     tl.store(pb, nb.to(x_ptr.dtype.element_ty), mask=mask & _splat(st_b, o))
     tl.store(pc, nc.to(x_ptr.dtype.element_ty), mask=mask & _splat(st_c, o))
 
@@ -255,10 +268,12 @@ def bwd_config(grad_dtype: torch.dtype, dx_dtype: torch.dtype, has_std: bool, ha
     return sig, {"HAS_STD": bool(has_std), "HAS_BOX": bool(has_box), "BLOCK": BLOCK}
 
 
-def pairs_config(dtype: torch.dtype):
-    sig = {"x_ptr": f"*{_TL_TYPE[dtype]}", "lam_ptr": "*fp32", "index_ptr": "*i64",
-           "B": "i32", "M": "i32", "n_chunks": "i32", "BLOCK": "constexpr"}
-    return sig, {"BLOCK": BLOCK}
+def pairs_config(dtype: torch.dtype, has_box: bool = False):
+    sig = {"x_ptr": f"*{_TL_TYPE[dtype]}", "lam_ptr": "*fp32", "index_ptr": "*i64", "boxes_ptr": "*i64",
+           "B": "i32", "M": "i32", "n_chunks": "i32",
+           "channels_last": "i32", "magic1": "i32", "shift1": "i32", "d1": "i32",
+           "magic2": "i32", "shift2": "i32", "d2": "i32", "HAS_BOX": "constexpr", "BLOCK": "constexpr"}
+    return sig, {"HAS_BOX": bool(has_box), "BLOCK": BLOCK}
 
 
 def aot_configs() -> List[tuple]:
@@ -279,8 +294,9 @@ def aot_configs() -> List[tuple]:
                 out.append((f"mix_bwd_{_TL_TYPE[dg]}_{_TL_TYPE[dx]}_std{int(s)}_box{int(bx)}",
                             _mix_bwd_kernel, sig, ce))
     for d in OUT_DTYPES:
-        sig, ce = pairs_config(d)
-        out.append((f"mix_pairs_{_TL_TYPE[d]}", _mix_pairs_kernel, sig, ce))
+        for bx in (False, True):
+            sig, ce = pairs_config(d, bx)
+            out.append((f"mix_pairs_{_TL_TYPE[d]}_box{int(bx)}", _mix_pairs_kernel, sig, ce))
     return out
 
 
@@ -386,19 +402,24 @@ def mix_images_backward(grad, lam, index, boxes, std, scale, images_dtype):
 
 
 @register_kernel("mix_images_", "triton")
-def mix_images_inplace(images, lam, index):
+def mix_images_inplace(images, lam, index, boxes=None):
     if images.dtype not in OUT_DTYPES or images.numel() == 0 or not _supported(images):
-        return _torch_kernels.mix_images_inplace(images, lam, index)
-    if _format(images) is None:  # mix a contiguous copy, write it back
+        return _torch_kernels.mix_images_inplace(images, lam, index, boxes)
+    fmt = _format(images)
+    if fmt is None:  # mix a contiguous copy, write it back
         tmp = images.contiguous()
-        mix_images_inplace(tmp, lam, index)
+        mix_images_inplace(tmp, lam, index, boxes)
         images.copy_(tmp)
         return None
     B = images.shape[0]
     M = images.numel() // B
-    _, constexprs = pairs_config(images.dtype)
+    has_box = boxes is not None
+    index = index.long().contiguous()
+    boxes_t = boxes.long().contiguous() if has_box else index
+    _, constexprs = pairs_config(images.dtype, has_box)
     n_chunks = triton.cdiv(M, BLOCK)
     with device_guard(images):
-        _mix_pairs_kernel[(B * n_chunks,)](images, lam.to(torch.float32).contiguous(), index.long().contiguous(),
-                                           B, M, n_chunks, **constexprs, num_warps=NUM_WARPS)
+        _mix_pairs_kernel[(B * n_chunks,)](images, lam.to(torch.float32).contiguous(), index, boxes_t,
+                                           B, M, n_chunks, **_geometry(images, fmt, has_box), **constexprs,
+                                           num_warps=NUM_WARPS)
     return None

@@ -56,12 +56,12 @@ def _adjusted(x, ln, lnj, thr, p, q):
     return x + p * tl.minimum(ln - lnj, 0.0) + q * tl.maximum(x - thr, 0.0)
 
 
-@triton.jit(do_not_specialize=["S"])
+@triton.jit
 def _seesaw_fwd_resident(x_ptr, stride_x, labels_ptr, w_ptr, ow_ptr, logn_ptr,
                          loss_ptr, obj_loss_ptr, grad_ptr,
-                         N, C, CT, ignore_index, p, q, log_eps, has_obj, S,
+                         N, C, CT, ignore_index, p, q, log_eps, S: tl.constexpr, HAS_OBJ: tl.constexpr,
                          SEESAW: tl.constexpr, BLOCK_C: tl.constexpr, ROWS: tl.constexpr):
-    # ROWS rows of BLOCK_C columns per program; the S label sets are a runtime loop.
+    # ROWS rows of BLOCK_C columns per program; the S label sets are an unrolled loop.
     pid = tl.program_id(0)
     rows = pid * ROWS + tl.arange(0, ROWS)
     row_ok = rows < N
@@ -119,34 +119,35 @@ def _seesaw_fwd_resident(x_ptr, stride_x, labels_ptr, w_ptr, ow_ptr, logn_ptr,
     tl.store(grow[:, None] + cols[None, :], g.to(out_ty), mask=mask)
 
     # objectness: 2-way cross-entropy on the last 2 columns [fg, bg], target bg iff label == C
-    obj_ok = row_ok & has_obj
-    o0 = tl.load(xrow + C, mask=obj_ok, other=0.0).to(tl.float32)
-    o1 = tl.load(xrow + C + 1, mask=obj_ok, other=0.0).to(tl.float32)
-    mo = tl.maximum(o0, o1)
-    d0 = tl.exp(o0 - mo)
-    d1 = tl.exp(o1 - mo)
-    lse_o = mo + tl.log(d0 + d1)
-    p0 = d0 / (d0 + d1)
-    p1 = d1 / (d0 + d1)
-    obj_loss = tl.zeros([ROWS], dtype=tl.float32)
-    go0 = tl.zeros([ROWS], dtype=tl.float32)
-    go1 = tl.zeros([ROWS], dtype=tl.float32)
-    for s in range(0, S):
-        bg = tl.load(labels_ptr + s * N + rows64, mask=obj_ok, other=-1) == C
-        ow = tl.load(ow_ptr + s * N + rows64, mask=obj_ok, other=0.0)
-        obj_loss += ow * (lse_o - tl.where(bg, o1, o0))
-        go0 += ow * (p0 - tl.where(bg, 0.0, 1.0))
-        go1 += ow * (p1 - tl.where(bg, 1.0, 0.0))
-    tl.store(obj_loss_ptr + rows, obj_loss, mask=obj_ok)
-    tl.store(grow + C, go0.to(out_ty), mask=obj_ok)
-    tl.store(grow + C + 1, go1.to(out_ty), mask=obj_ok)
+    if HAS_OBJ:
+        o0 = tl.load(xrow + C, mask=row_ok, other=0.0).to(tl.float32)
+        o1 = tl.load(xrow + C + 1, mask=row_ok, other=0.0).to(tl.float32)
+        mo = tl.maximum(o0, o1)
+        d0 = tl.exp(o0 - mo)
+        d1 = tl.exp(o1 - mo)
+        lse_o = mo + tl.log(d0 + d1)
+        p0 = d0 / (d0 + d1)
+        p1 = d1 / (d0 + d1)
+        obj_loss = tl.zeros([ROWS], dtype=tl.float32)
+        go0 = tl.zeros([ROWS], dtype=tl.float32)
+        go1 = tl.zeros([ROWS], dtype=tl.float32)
+        for s in range(0, S):
+            bg = tl.load(labels_ptr + s * N + rows64, mask=row_ok, other=-1) == C
+            ow = tl.load(ow_ptr + s * N + rows64, mask=row_ok, other=0.0)
+            obj_loss += ow * (lse_o - tl.where(bg, o1, o0))
+            go0 += ow * (p0 - tl.where(bg, 0.0, 1.0))
+            go1 += ow * (p1 - tl.where(bg, 1.0, 0.0))
+        tl.store(obj_loss_ptr + rows, obj_loss, mask=row_ok)
+        tl.store(grow + C, go0.to(out_ty), mask=row_ok)
+        tl.store(grow + C + 1, go1.to(out_ty), mask=row_ok)
 
 
 @triton.jit
 def _seesaw_fwd_looped(x_ptr, stride_x, labels_ptr, w_ptr, ow_ptr, logn_ptr,
                        loss_ptr, obj_loss_ptr, grad_ptr,
-                       N, C, CT, ignore_index, p, q, log_eps, has_obj,
-                       S: tl.constexpr, SEESAW: tl.constexpr, BLOCK_C: tl.constexpr, ROWS: tl.constexpr):
+                       N, C, CT, ignore_index, p, q, log_eps,
+                       S: tl.constexpr, HAS_OBJ: tl.constexpr, SEESAW: tl.constexpr,
+                       BLOCK_C: tl.constexpr, ROWS: tl.constexpr):
     # One row per program (ROWS is 1); the S label sets are the leading axis of every chunk.
     row64 = tl.program_id(0).to(tl.int64)
     xrow = x_ptr + row64 * stride_x
@@ -215,17 +216,18 @@ def _seesaw_fwd_looped(x_ptr, stride_x, labels_ptr, w_ptr, ow_ptr, logn_ptr,
         tl.store(grow + cols3, g.to(out_ty), mask=ok3)
 
     # objectness: the last 2 columns [fg, bg]
-    o0 = tl.load(xrow + C, mask=has_obj, other=0.0).to(tl.float32)
-    o1 = tl.load(xrow + C + 1, mask=has_obj, other=0.0).to(tl.float32)
-    mo = tl.maximum(o0, o1)
-    d0 = tl.exp(o0 - mo)
-    d1 = tl.exp(o1 - mo)
-    lse_o = mo + tl.log(d0 + d1)
-    bg = lab == C
-    ow = tl.load(ow_ptr + sets * N + row64, mask=(sets < S) & has_obj, other=0.0)
-    tl.store(obj_loss_ptr + row64, tl.sum(ow * (lse_o - tl.where(bg, o1, o0)), 0), mask=has_obj)
-    tl.store(grow + C, tl.sum(ow * (d0 / (d0 + d1) - tl.where(bg, 0.0, 1.0)), 0).to(out_ty), mask=has_obj)
-    tl.store(grow + C + 1, tl.sum(ow * (d1 / (d0 + d1) - tl.where(bg, 1.0, 0.0)), 0).to(out_ty), mask=has_obj)
+    if HAS_OBJ:
+        o0 = tl.load(xrow + C).to(tl.float32)
+        o1 = tl.load(xrow + C + 1).to(tl.float32)
+        mo = tl.maximum(o0, o1)
+        d0 = tl.exp(o0 - mo)
+        d1 = tl.exp(o1 - mo)
+        lse_o = mo + tl.log(d0 + d1)
+        bg = lab == C
+        ow = tl.load(ow_ptr + sets * N + row64, mask=sets < S, other=0.0)
+        tl.store(obj_loss_ptr + row64, tl.sum(ow * (lse_o - tl.where(bg, o1, o0)), 0))
+        tl.store(grow + C, tl.sum(ow * (d0 / (d0 + d1) - tl.where(bg, 0.0, 1.0)), 0).to(out_ty))
+        tl.store(grow + C + 1, tl.sum(ow * (d1 / (d0 + d1) - tl.where(bg, 1.0, 0.0)), 0).to(out_ty))
 
 
 @triton.jit
@@ -351,8 +353,9 @@ def seesaw_fwd(logits, labels, weights, obj_weights, counts, p, q, eps, ignore_i
     with _device_guard(logits):
         _FWD_KERNELS[launch.kernel][grid](
             logits, logits.stride(0), labels, weights, obj_w, logn, loss, obj_loss if has_obj else loss, grad,
-            n, c, ct, ign, p_eff, q_eff, log_eps, has_obj,
-            S=num_sets, SEESAW=seesaw, BLOCK_C=launch.block_c, ROWS=launch.rows, num_warps=launch.num_warps)
+            n, c, ct, ign, p_eff, q_eff, log_eps,
+            S=num_sets, HAS_OBJ=has_obj, SEESAW=seesaw, BLOCK_C=launch.block_c, ROWS=launch.rows,
+            num_warps=launch.num_warps)
     return loss, obj_loss, grad
 
 
@@ -403,8 +406,8 @@ def _fwd_signature(dtype: str, kernel: str) -> Dict[str, str]:
     return {"x_ptr": f"*{dtype}", "stride_x": "i32", "labels_ptr": "*i64", "w_ptr": "*fp32", "ow_ptr": "*fp32",
             "logn_ptr": "*fp32", "loss_ptr": "*fp32", "obj_loss_ptr": "*fp32", "grad_ptr": f"*{dtype}",
             "N": "i32", "C": "i32", "CT": "i32", "ignore_index": "i32", "p": "fp32", "q": "fp32",
-            "log_eps": "fp32", "has_obj": "u1", "S": "i32" if kernel == "resident" else "constexpr",
-            "SEESAW": "constexpr", "BLOCK_C": "constexpr", "ROWS": "constexpr"}
+            "log_eps": "fp32", "S": "constexpr",
+            "HAS_OBJ": "constexpr", "SEESAW": "constexpr", "BLOCK_C": "constexpr", "ROWS": "constexpr"}
 
 
 def _bwd_signature(dtype: str) -> Dict[str, str]:
@@ -417,15 +420,16 @@ def _aot_entries(classes=AOT_CLASSES, bwd_columns=AOT_BWD_COLUMNS) -> List[Tuple
     out = []
     for dtype in _TL_DTYPES.values():
         for c in classes:
-            # S (label sets) is a runtime loop in the resident kernel, a block axis in the looped one
-            for s in ((1,) if _fwd_launch(c, 1).kernel == "resident" else (1, 2)):
-                for seesaw in (False, True):
+            # S (label sets): an unrolled loop in the resident kernel, a block axis in the looped
+            # one; S = 2 is the mixed loss (compiled with Seesaw on)
+            for s in (1, 2):
+                for seesaw in ((False, True) if s == 1 else (True,)):
                     launch = _fwd_launch(c, s)
-                    consts = {"SEESAW": seesaw, "BLOCK_C": launch.block_c, "ROWS": launch.rows}
-                    tag = "Sany"
-                    if launch.kernel == "looped":
-                        consts["S"], tag = s, f"S{s}"
-                    name = (f"seesaw_fwd_{launch.kernel}_{dtype}_C{c}_{tag}_{'seesaw' if seesaw else 'ce'}"
+                    # objectness columns with the Seesaw configurations (mmdetection's use), none
+                    # with plain cross-entropy: both branches compile, without doubling the set
+                    consts = {"S": s, "HAS_OBJ": seesaw, "SEESAW": seesaw, "BLOCK_C": launch.block_c,
+                              "ROWS": launch.rows}
+                    name = (f"seesaw_fwd_{launch.kernel}_{dtype}_C{c}_S{s}_{'seesaw_obj' if seesaw else 'ce'}"
                             f"_B{launch.block_c}x{launch.rows}_w{launch.num_warps}")
                     out.append((name, _FWD_KERNELS[launch.kernel], _fwd_signature(dtype, launch.kernel), consts,
                                 launch))
