@@ -6,7 +6,7 @@ import sys
 
 import os
 
-from . import host_overhead
+from . import host_overhead, timm_mixup
 from .cases import OPS
 from .harness import HERE, run
 from .report import device_info
@@ -17,9 +17,10 @@ def main(argv=None) -> int:
         "Benchmark lossmix_ext's ops against the eager reference and torch.compile: checks every "
         "provider first, counts the reference's memory traffic, times the providers interleaved, "
         "writes results.csv and plots."))
-    ap.add_argument("--op", nargs="+", choices=list(OPS) + ["host_overhead"], metavar="NAME",
-                    help=f"ops to run (default all): {', '.join(OPS)}; and host_overhead, the per-call cost of "
-                         "the public API at training shapes against the plain PyTorch op (one thread)")
+    ap.add_argument("--op", nargs="+", choices=list(OPS) + ["host_overhead", "timm_mixup"], metavar="NAME",
+                    help=f"ops to run (default all): {', '.join(OPS)}; host_overhead, the per-call cost of "
+                         "the public API at training shapes against the plain PyTorch op (one thread); and "
+                         "timm_mixup, the timm Mixup drop-in against timm's own (when timm is installed)")
     ap.add_argument("--full", action="store_true", help="the full grid of shapes and dtypes (long)")
     ap.add_argument("--quick-check", action="store_true", help="tiny shapes, to check the harness itself")
     ap.add_argument("--device", choices=("cpu", "cuda"), help="default: cuda when available, else cpu")
@@ -37,8 +38,9 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     if args.full and args.quick_check:
         ap.error("--full and --quick-check exclude each other")
-    ops = [o for o in (args.op or OPS) if o != "host_overhead"]
+    ops = [o for o in (args.op or OPS) if o not in ("host_overhead", "timm_mixup")]
     host = args.op is None or "host_overhead" in args.op
+    timm = args.op is None or "timm_mixup" in args.op
     rows = []
     if ops:
         rows = run(ops, full=args.full, quick_check=args.quick_check, device=args.device, out=args.out,
@@ -51,6 +53,15 @@ def main(argv=None) -> int:
         rounds, inner = (3, 2) if args.quick_check else (31, 50)
         print()
         host_overhead.run(str(dev), out=out, rounds=rounds, inner=inner)
+    if timm:
+        import torch
+        dev = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        out = args.out or os.path.join(HERE, "results", device_info(dev).slug)
+        print()
+        if args.quick_check:
+            timm_mixup.run(str(dev), out=out, batch=4, size=16, rounds=3, warmup=1)
+        else:
+            timm_mixup.run(str(dev), out=out)
     # A lossmix_ext backend that fails its check is a library bug: say so in the exit status.
     return 1 if any(r.is_backend and r.status == "FAILED" for r in rows) else 0
 

@@ -173,3 +173,18 @@ def test_main_runs_the_host_overhead_group(tmp_path, capsys):
     assert main(["--quick-check", "--op", "host_overhead", "--out", str(tmp_path)]) == 0
     assert (tmp_path / "host_overhead.csv").exists()
     assert "host overhead" in capsys.readouterr().out
+
+
+def test_timm_mixup_benchmark(tmp_path, capsys):
+    """The timm Mixup comparison: a table and timm_mixup.csv with timm, a clear skip without."""
+    from benchmarks import timm_mixup
+    from benchmarks.frameworks import import_timm
+    rows = timm_mixup.run("cpu", out=str(tmp_path), batch=4, size=16, rounds=3, warmup=0)
+    out = capsys.readouterr().out
+    if import_timm()[0] is None:
+        assert rows == [] and "skipped" in out
+        return
+    assert [r.mode for r in rows] == ["elem", "pair", "batch"]
+    assert all(r.ours_ms > 0 and r.timm_ms > 0 and r.goal is None for r in rows)  # the goal is for 128x3x224x224
+    with open(tmp_path / "timm_mixup.csv") as f:
+        assert len(list(csv.DictReader(f))) == 3
