@@ -41,3 +41,23 @@ def test_ci_runs_the_readme_test_command():
     assert cmd == "python -m pytest python_tests -q -rs"
     ci_lines = [line.strip() for line in _read(".ci/run").splitlines()]
     assert cmd in ci_lines
+
+
+def test_every_subpackage_is_packaged():
+    """A non-editable install ships only the listed packages: every folder of lossmix_ext with an
+    __init__.py must be listed (lossmix_ext.integrations among them)."""
+    listed = set(re.findall(r'"(lossmix_ext[\w.]*)"', re.search(r"^packages\s*=\s*\[(.*)\]",
+                                                                 _read("pyproject.toml"), re.M).group(1)))
+    found = set()
+    for dirpath, _dirs, files in os.walk(os.path.join(ROOT, "lossmix_ext")):
+        if "__init__.py" in files and "__pycache__" not in dirpath:
+            found.add(os.path.relpath(dirpath, ROOT).replace(os.sep, "."))
+    assert found == listed
+
+
+def test_ci_installs_the_frameworks_without_their_dependencies():
+    """Framework packages (timm, torchvision, mm*) go in with --no-deps: pip must never replace
+    torch (their requirements would pull a CUDA build)."""
+    for line in _read(".ci/run").splitlines():
+        if "pip install" in line and re.search(r"\b(timm|torchvision|mmdet|mmpretrain|mmengine|mmcv)", line):
+            assert "--no-deps" in line, line
