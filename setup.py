@@ -187,6 +187,15 @@ def native_extensions():
         error with LOSSMIX_EXT_REQUIRE_NATIVE=1 / FORCE_CUDA=1. The outcome is recorded for
         lossmix_ext.backend_status()."""
 
+        def finalize_options(self):
+            super().finalize_options()
+            # pip builds every install in a new temporary folder, which would compile every
+            # source again (minutes): keep the objects in the checkout's build/ (ignored by
+            # git), one folder per interpreter and torch, and let ninja rebuild only what
+            # changed; the main-job and test commands of the README then compile once.
+            if os.environ.get("LOSSMIX_EXT_FRESH_BUILD") != "1":
+                self.build_temp = os.path.join(ROOT, "build", "objects-" + _build_tag(cuda=ext is not cpu_ext))
+
         def build_extensions(self):
             cuda_error = no_cuda_reason
             if self.extensions and self.extensions[0] is ext and ext is not cpu_ext:
@@ -212,6 +221,11 @@ def native_extensions():
             _write_build_info(cuda=cuda_error)
 
     return [ext], {"build_ext": OptionalBuild}
+
+
+def _build_tag(cuda: bool) -> str:
+    import torch
+    return f"{sys.implementation.cache_tag}-torch{torch.__version__}-{'cuda' if cuda else 'cpu'}".replace("+", "_")
 
 
 if __name__ == "__main__":  # (pip's build backend runs this file as __main__ too; tests import its helpers)

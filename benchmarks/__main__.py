@@ -8,7 +8,7 @@ import os
 
 from . import host_overhead, timm_mixup
 from .cases import OPS
-from .harness import HERE, run
+from .harness import default_out, run
 from .report import device_info
 
 
@@ -24,7 +24,8 @@ def main(argv=None) -> int:
     ap.add_argument("--full", action="store_true", help="the full grid of shapes and dtypes (long)")
     ap.add_argument("--quick-check", action="store_true", help="tiny shapes, to check the harness itself")
     ap.add_argument("--device", choices=("cpu", "cuda"), help="default: cuda when available, else cpu")
-    ap.add_argument("--out", help="output folder (default benchmarks/results/<device>/)")
+    ap.add_argument("--out", help="output folder (default: a new benchmarks/runs/<device>-<time>/, ignored by "
+                                  "git; pass --out benchmarks/results/<device> to update the committed results)")
     ap.add_argument("--reps", type=int, help="timed repetitions per provider (default: 5 quick, 25 full, "
                     "ending early past a few seconds per case; exactly N when given)")
     ap.add_argument("--warmup", type=int, help="untimed warm-up rounds")
@@ -41,27 +42,29 @@ def main(argv=None) -> int:
     ops = [o for o in (args.op or OPS) if o not in ("host_overhead", "timm_mixup")]
     host = args.op is None or "host_overhead" in args.op
     timm = args.op is None or "timm_mixup" in args.op
+    import torch
+    dev = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        ap.error("--device cuda: CUDA is not available here")
+    out = args.out or default_out(device_info(dev).slug)
     rows = []
     if ops:
-        rows = run(ops, full=args.full, quick_check=args.quick_check, device=args.device, out=args.out,
+        rows = run(ops, full=args.full, quick_check=args.quick_check, device=args.device, out=out,
                    reps=args.reps, warmup=args.warmup, providers=args.providers, skip=args.skip, dtypes=args.dtypes,
                    plots=not args.no_plots)
     if host:
-        import torch
-        dev = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-        out = args.out or os.path.join(HERE, "results", device_info(dev).slug)
         rounds, inner = (3, 2) if args.quick_check else (31, 50)
         print()
         host_overhead.run(str(dev), out=out, rounds=rounds, inner=inner)
     if timm:
-        import torch
-        dev = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-        out = args.out or os.path.join(HERE, "results", device_info(dev).slug)
         print()
         if args.quick_check:
             timm_mixup.run(str(dev), out=out, batch=4, size=16, rounds=3, warmup=1)
         else:
             timm_mixup.run(str(dev), out=out)
+    print(f"\nall results of this run are in {out}"
+          + ("" if args.out else f" (not tracked by git; --out {os.path.join('benchmarks', 'results', device_info(dev).slug)}"
+                                 " would update the committed ones)"))
     # A lossmix_ext backend that fails its check is a library bug: say so in the exit status.
     return 1 if any(r.is_backend and r.status == "FAILED" for r in rows) else 0
 

@@ -31,11 +31,22 @@ from .traffic import TrafficCounter
 TOLERANCES = {torch.float32: (1e-4, 1e-5), torch.float16: (1e-2, 1e-2), torch.bfloat16: (5e-2, 5e-2),
               torch.uint8: (1e-4, 1e-5)}
 DEFAULT_REPS = {"quick-check": 3, "quick": 5, "full": 25}
-DEFAULT_WARMUP = {"quick-check": 0, "quick": 0, "full": 2}  # after the checking call
+# Untimed rounds per mode after the checking call: at least one, so that the first mode timed
+# (fwd) does not pay first-touch costs (allocator growth, page faults) that fwd+bwd then skips.
+DEFAULT_WARMUP = {"quick-check": 0, "quick": 1, "full": 2}
 # Seconds of timing per case and mode after which the default repetitions stop early (after 3).
 DEFAULT_BUDGET_S = {"quick-check": None, "quick": 3.0, "full": 5.0}
 HERE = os.path.dirname(os.path.abspath(__file__))
 NOT_SELECTED = "not selected"
+# Where a run writes by default: an ignored folder of the checkout, one subfolder per run, so
+# that the committed results (benchmarks/results/) change only with an explicit --out.
+RUNS = os.path.join(HERE, "runs")
+
+
+def default_out(slug: str, when: Optional[datetime.datetime] = None) -> str:
+    """``benchmarks/runs/<device>-<UTC time>`` (ignored by git)."""
+    when = when or datetime.datetime.now(datetime.timezone.utc)
+    return os.path.join(RUNS, f"{slug}-{when.strftime('%Y%m%d-%H%M%S')}")
 
 
 # --------------------------------------------------------------------------- evaluation
@@ -137,9 +148,10 @@ def _traffic(case: C.Case) -> Dict[str, int]:
 
 def bench_case(case: C.Case, device: torch.device, reps: int, warmup: int, peak_gbps: Optional[float],
                want: Callable[[str], Optional[str]], extra: Sequence[C.Provider] = (),
-               budget_s: Optional[float] = None) -> List[Row]:
+               budget_s: Optional[float] = None, progress: Callable[[str], None] = lambda msg: None) -> List[Row]:
     """All rows of one case. ``want(name)``: ``None`` to run provider ``name``, else why it is
-    skipped. ``reps``, ``warmup``, ``budget_s``: see :func:`~benchmarks.timing.time_interleaved`."""
+    skipped. ``reps``, ``warmup``, ``budget_s``: see :func:`~benchmarks.timing.time_interleaved`.
+    ``progress`` receives one-line notes on slow steps (a compile, a long check)."""
     rtol, atol = TOLERANCES[case.dtype]
     row = lambda mode, name, **kw: Row(case.op, mode, case.shape, case.dtype_str, name, **kw)  # noqa: E731
     providers = [C.Provider("reference", case.reference)]
@@ -161,6 +173,8 @@ def bench_case(case: C.Case, device: torch.device, reps: int, warmup: int, peak_
     saved: Dict[str, int] = {}
     count_saved = device.type == "cpu" and bool(case.wrt)
     for p in providers:
+        if p.name == "compiled":
+            progress("  compiling the reference (torch.compile, first call) ...")
         t0 = time.perf_counter()
         try:
             outs, grads, upstream[p.name], saved[p.name] = _evaluate(case, p.run, case.fresh(case.inputs),
@@ -169,6 +183,8 @@ def bench_case(case: C.Case, device: torch.device, reps: int, warmup: int, peak_
             failed[p.name] = _short(exc)
             continue
         first_call[p.name] = time.perf_counter() - t0
+        if first_call[p.name] > 2.0:
+            progress(f"  {p.name}: first call (checked against the reference) took {first_call[p.name]:.1f} s")
         want_outs, want_grads = oracle[:2]
         if p.expected is not None:
             want_outs, want_grads = _evaluate(case, p.expected, _upcast(case.fresh(case.inputs)))[:2]
@@ -184,6 +200,7 @@ def bench_case(case: C.Case, device: torch.device, reps: int, warmup: int, peak_
         traffic_error = f"traffic count failed: {_short(exc)}"
 
     rows: List[Row] = []
+    progress(f"  timing {', '.join(case.modes)} of {', '.join(p.name for p in good) or 'nothing'} ...")
     for mode in case.modes:
         jobs = {p.name: _job(case, p, mode, upstream[p.name]) for p in good}
         try:
@@ -264,9 +281,10 @@ def run(ops: Optional[Iterable[str]] = None, *, full: bool = False, quick_check:
         return None
 
     dev = device_info(dev_t)
-    out = out or os.path.join(HERE, "results", dev.slug)
+    now = datetime.datetime.now(datetime.timezone.utc)
+    out = out or default_out(dev.slug, now)
     os.makedirs(out, exist_ok=True)
-    stamp = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+    stamp = now.isoformat(timespec="seconds")
     echo(f"lossmix_ext benchmarks ({set_name} set) on {dev.name}; torch {dev.torch_version}, "
          f"triton {dev.triton_version}; backends: {', '.join(_backends(dev_t))}")
     budget = f" (fewer past {budget_s:g} s of timing, at least 3)" if budget_s else ""
@@ -274,11 +292,22 @@ def run(ops: Optional[Iterable[str]] = None, *, full: bool = False, quick_check:
          f"interleaved; times in ms "
          f"({'CUDA events, L2 flushed' if dev_t.type == 'cuda' else 'perf_counter'}); "
          f"outputs and gradients checked first (fp32: rtol 1e-4, atol 1e-5·max|ref|)\n")
+    echo(f"writing to {out}\n")
     t0 = time.perf_counter()
     rows: List[Row] = []
-    for op, shape, dtype, build in C.cases(ops, set_name, dev_t):
-        if dtypes is not None and str(dtype).replace("torch.", "") not in dtypes:
-            continue
+    todo = [c for c in C.cases(ops, set_name, dev_t)
+            if dtypes is None or str(c[2]).replace("torch.", "") in dtypes]
+
+    def progress(msg: str) -> None:
+        echo(msg)
+        _flush()
+
+    for k, (op, shape, dtype, build) in enumerate(todo):
+        done = time.perf_counter() - t0
+        eta = f", about {done / k * (len(todo) - k) / 60:.1f} min left" if k else ""
+        shape_s = " ".join(f"{n}={v}" for n, v in shape.items()) if isinstance(shape, dict) else str(shape)
+        progress(f"[{k + 1}/{len(todo)}] {op}  {shape_s}  {str(dtype).replace('torch.', '')}  "
+                 f"({done:.0f} s elapsed{eta})")
         t_case = time.perf_counter()
         try:
             case = build()
@@ -288,7 +317,7 @@ def run(ops: Optional[Iterable[str]] = None, *, full: bool = False, quick_check:
             echo(f"== {op}  {rows[-1].shape_str}  {dtype_str} ==  skipped: {exc}\n")
             continue
         case_rows = bench_case(case, dev_t, reps, warmup, dev.peak_gbps, want, extra_providers.get(op, ()),
-                               budget_s)
+                               budget_s, progress)
         del case
         gc.collect()
         if dev_t.type == "cuda":
@@ -306,6 +335,11 @@ def run(ops: Optional[Iterable[str]] = None, *, full: bool = False, quick_check:
     if failures:
         echo("FAILED: " + "; ".join(sorted({f"{r.provider} on {r.op} {r.shape_str} {r.dtype}" for r in failures})))
     return rows
+
+
+def _flush() -> None:
+    import sys
+    sys.stdout.flush()
 
 
 def _backends(device: torch.device) -> List[str]:

@@ -188,3 +188,22 @@ def test_timm_mixup_benchmark(tmp_path, capsys):
     assert all(r.ours_ms > 0 and r.timm_ms > 0 and r.goal is None for r in rows)  # the goal is for 128x3x224x224
     with open(tmp_path / "timm_mixup.csv") as f:
         assert len(list(csv.DictReader(f))) == 3
+
+
+def test_main_job_writes_outside_the_committed_results(tmp_path, monkeypatch, capsys):
+    """Without --out the main job writes a new run folder under benchmarks/runs/ (ignored by git),
+    prints it, and leaves benchmarks/results/ alone; progress lines come before the tables."""
+    import subprocess
+
+    from benchmarks import harness
+    from benchmarks.__main__ import main
+    monkeypatch.setattr(harness, "RUNS", str(tmp_path))
+    assert main(["--quick-check", "--op", "lossmix_reduce", "--no-plots", "--reps", "1"]) == 0
+    runs = list(tmp_path.iterdir())
+    assert len(runs) == 1 and (runs[0] / "results.csv").exists()
+    out = capsys.readouterr().out
+    assert str(runs[0]) in out and "not tracked by git" in out
+    assert out.index("[1/1] lossmix_reduce") < out.index("== lossmix_reduce")
+    git = subprocess.run(["git", "check-ignore", "-q", "benchmarks/runs/any-run/results.csv"], cwd=ROOT)
+    if git.returncode != 128:  # 128: not a git checkout
+        assert git.returncode == 0, "benchmarks/runs/ must be ignored by git"

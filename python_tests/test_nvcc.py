@@ -11,6 +11,7 @@ import os
 import re
 import shutil
 import subprocess
+import sys
 import tempfile
 
 import pytest
@@ -385,3 +386,28 @@ def test_setup_falls_back_to_the_cpu_kernels(monkeypatch, tmp_path, failure):
         cmd.extensions = list(exts)
         with pytest.raises(RuntimeError):
             cmd.build_extensions()
+
+
+def test_setup_keeps_build_objects_between_installs(monkeypatch):
+    """pip builds each install in a new temporary folder; setup.py keeps the compiled objects in
+    the checkout's build/objects-<python>-<torch>-<cpu|cuda> instead, so the README's second
+    command does not compile everything again (LOSSMIX_EXT_FRESH_BUILD=1 opts out)."""
+    from setuptools import Distribution
+    mod = _load_setup()
+    monkeypatch.delenv("LOSSMIX_EXT_FRESH_BUILD", raising=False)
+    exts, cmdclass = mod.native_extensions()
+    if not exts:
+        pytest.skip("no native extension on this machine")
+
+    def build_temp():
+        cmd = cmdclass["build_ext"](Distribution({"ext_modules": exts}))
+        cmd.initialize_options()
+        cmd.build_temp = "/tmp/pip-build-xyz/temp"  # what pip's editable build sets
+        cmd.finalize_options()
+        return cmd.build_temp
+
+    got = build_temp()
+    assert os.path.dirname(got) == os.path.join(ROOT, "build")
+    assert os.path.basename(got).startswith("objects-" + sys.implementation.cache_tag)
+    monkeypatch.setenv("LOSSMIX_EXT_FRESH_BUILD", "1")
+    assert build_temp() == "/tmp/pip-build-xyz/temp"

@@ -203,6 +203,10 @@ bool is_channels_last_4d(const Tensor& t) {
 // Samples as contiguous blocks: contiguous, or 4-D channels_last.
 bool sample_blocks(const Tensor& t) { return t.is_contiguous() || is_channels_last_4d(t); }
 
+// Tasks of `elems` elements each per parallel_for grain: at least one chunk's worth of work per
+// thread, so that tiny batches run inline instead of paying for waking the thread pool.
+int64_t task_grain(int64_t elems) { return std::max<int64_t>(1, kMixChunk / std::max<int64_t>(elems, 1)); }
+
 Tensor per_channel(const c10::optional<Tensor>& v, at::ScalarType om, int64_t channels, const char* name) {
   if (!v.has_value()) return Tensor();
   TORCH_CHECK(v->numel() == channels, name, " must have one value per channel (", channels, "), got ", v->numel());
@@ -395,7 +399,7 @@ Tensor mix_images(const Tensor& images, const Tensor& lam, const Tensor& index, 
     a.stdv = std_c.defined() ? std_c.const_data_ptr<Tm>() : nullptr;
     a.channels = channels;
     a.inner = inner;
-    at::parallel_for(0, B * nch, 1, [&](int64_t i0, int64_t i1) {
+    at::parallel_for(0, B * nch, task_grain(std::min(P, chunk)), [&](int64_t i0, int64_t i1) {
       for (int64_t it = i0; it < i1; ++it) {
         const int64_t b = it / nch, e0 = (it % nch) * chunk, e1 = std::min(P, e0 + chunk);
         fn(a, b, e0, e1);
@@ -476,7 +480,7 @@ Tensor mix_images_backward(const Tensor& grad, const Tensor& lam, const Tensor& 
     a.channels = channels;
     a.inner = inner;
     auto fn = Fns<Tm>::bwd(table());
-    at::parallel_for(0, B * nch, 1, [&](int64_t i0, int64_t i1) {
+    at::parallel_for(0, B * nch, task_grain(std::min(P, chunk)), [&](int64_t i0, int64_t i1) {
       for (int64_t it = i0; it < i1; ++it) {
         const int64_t t = it / nch, e0 = (it % nch) * chunk;
         fn(a, t, e0, std::min(P, e0 + chunk));
@@ -524,7 +528,7 @@ void mix_images_inplace(at::Tensor& images, const Tensor& lam, const Tensor& ind
     Tm* x = images.mutable_data_ptr<Tm>();
     const Tm* lp = lam_c.const_data_ptr<Tm>();
     auto fn = Fns<Tm>::pair(table());
-    at::parallel_for(0, npairs * nch, 1, [&](int64_t i0, int64_t i1) {
+    at::parallel_for(0, npairs * nch, task_grain(2 * std::min(P, kMixChunk)), [&](int64_t i0, int64_t i1) {
       std::vector<Tm> old_b, old_c;  // the chunk's values before mixing, for the boxes
       for (int64_t it = i0; it < i1; ++it) {
         const auto& pr = pairs[it / nch];
