@@ -207,3 +207,19 @@ def test_main_job_writes_outside_the_committed_results(tmp_path, monkeypatch, ca
     git = subprocess.run(["git", "check-ignore", "-q", "benchmarks/runs/any-run/results.csv"], cwd=ROOT)
     if git.returncode != 128:  # 128: not a git checkout
         assert git.returncode == 0, "benchmarks/runs/ must be ignored by git"
+
+
+def test_table_units_and_peak_column():
+    """Tiny throughputs print in MB/s instead of rounding to 0.0x GB/s; without a known peak
+    bandwidth the %peak column is left out and a note says why."""
+    from benchmarks.report import Row, format_block
+    rows = [Row("lossmix_reduce", "fwd+bwd", {"N": 64}, "float32", "reference", median_ms=0.1, gbps=0.0133,
+                model_bytes=1280),
+            Row("lossmix_reduce", "fwd+bwd", {"N": 64}, "float32", "lossmix_ext", median_ms=0.1, gbps=0.0123)]
+    table = format_block(rows)
+    assert "MB/s" in table and "13.3" in table and "%peak" not in table.splitlines()[1]
+    assert "peak memory bandwidth is not known" in table
+    rows = [Row("seesaw_loss", "fwd", {"N": 4096, "C": 1203}, "float32", "cuda", median_ms=0.05, gbps=1900.0,
+                pct_peak_bw=39.6)]
+    table = format_block(rows)
+    assert "GB/s" in table and "%peak" in table and "39.6" in table
