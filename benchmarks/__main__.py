@@ -36,7 +36,15 @@ def main(argv=None) -> int:
                     help="only these dtypes: float32, float16, bfloat16, uint8 (images)")
     ap.add_argument("--skip", nargs="+", default=(), metavar="NAME", help="providers not to run (e.g. compiled)")
     ap.add_argument("--no-plots", action="store_true")
+    ap.add_argument("--replot", nargs="+", metavar="CSV", help="only redraw the plots of these results.csv files, "
+                    "next to each (with the run's date), and exit")
     args = ap.parse_args(argv)
+    if args.replot:
+        from .report import read_csv, write_plots
+        for path in args.replot:
+            rows, dev, stamp = read_csv(path)
+            print(f"{path}: wrote {', '.join(write_plots(rows, os.path.dirname(path) or '.', dev, stamp[:10]))}")
+        return 0
     if args.full and args.quick_check:
         ap.error("--full and --quick-check exclude each other")
     ops = [o for o in (args.op or OPS) if o not in ("host_overhead", "timm_mixup")]

@@ -8,7 +8,7 @@ import platform
 import re
 import zlib
 from dataclasses import dataclass
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Tuple
 
 import torch
 
@@ -593,8 +593,37 @@ def _build_figures(rows: List[Row], dev: DeviceInfo, date: Optional[str] = None,
     return figs
 
 
-def write_plots(rows: List[Row], out_dir: str, dev: DeviceInfo) -> List[str]:
-    """speedup_vs_C.png, memory_vs_C.png, gbps_vs_size.png; [] with a message without matplotlib."""
+def read_csv(path: str) -> Tuple[List[Row], DeviceInfo, str]:
+    """The rows of a ``results.csv`` written by :func:`write_csv`, its device and its timestamp
+    (to redraw the plots of a committed run: ``python -m benchmarks --replot CSV``)."""
+    types = {m: (int if u in ("B", "n") else float) for m, u in METRICS}
+    rows: Dict[tuple, Row] = {}
+    dev, stamp = None, ""
+    with open(path, newline="") as f:
+        for rec in csv.DictReader(f):
+            if dev is None:
+                slug = os.path.basename(os.path.dirname(os.path.abspath(path)))
+                dev = DeviceInfo(rec["device"], slug, None, rec["torch"], rec["triton"])
+                stamp = rec["timestamp"]
+            shape = {k: int(v) for k, v in (kv.split("=") for kv in rec["shape"].split())}
+            key = (rec["op"], rec["mode"], rec["shape"], rec["dtype"], rec["provider"])
+            r = rows.get(key)
+            if r is None:
+                r = rows[key] = Row(rec["op"], rec["mode"], shape, rec["dtype"], rec["provider"])
+            if rec["metric"] == "status":
+                r.status, r.note = rec["value"], rec["note"]
+            elif rec["metric"] in types:
+                setattr(r, rec["metric"], types[rec["metric"]](float(rec["value"])))
+                if rec["metric"] == "mem_bytes":
+                    r.mem_kind = rec["note"] or None
+    if dev is None:
+        raise ValueError(f"{path} has no rows")
+    return list(rows.values()), dev, stamp
+
+
+def write_plots(rows: List[Row], out_dir: str, dev: DeviceInfo, date: Optional[str] = None) -> List[str]:
+    """speedup_vs_C.png, memory_vs_C.png, gbps_vs_size.png; [] with a message without matplotlib.
+    ``date`` for the titles (default: today, UTC — the run's date when the harness calls it)."""
     try:
         import matplotlib
         matplotlib.use("Agg")
@@ -604,7 +633,7 @@ def write_plots(rows: List[Row], out_dir: str, dev: DeviceInfo) -> List[str]:
         return []
     paths = []
     with plt.rc_context(_RC):
-        for fname, fig in _build_figures(rows, dev).items():
+        for fname, fig in _build_figures(rows, dev, date=date).items():
             paths.append(os.path.join(out_dir, fname))
             fig.savefig(paths[-1], dpi=_PLOT_DPI)
             plt.close(fig)

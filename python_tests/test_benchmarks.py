@@ -223,3 +223,32 @@ def test_table_units_and_peak_column():
                 pct_peak_bw=39.6)]
     table = format_block(rows)
     assert "GB/s" in table and "%peak" in table and "39.6" in table
+
+
+def test_results_csv_round_trip_and_replot(tmp_path):
+    """read_csv gives back what write_csv wrote; --replot redraws a committed run's plots."""
+    from benchmarks.__main__ import main
+    from benchmarks.report import DeviceInfo, Row, read_csv, write_csv
+    rows = [Row("seesaw_loss", "fwd+bwd", {"N": 4096, "C": 1203}, "float32", "reference", median_ms=81.5,
+                p20_ms=52.2, speedup_vs_reference=1.0, mem_bytes=19718144, mem_kind="saved", gbps=0.484,
+                traffic_bytes=1138000000, traffic_ratio=28.9, samples=5),
+            Row("seesaw_loss", "fwd+bwd", {"N": 4096, "C": 1203}, "float32", "cpu", median_ms=4.56,
+                speedup_vs_reference=17.9, gbps=8.65, samples=5),
+            Row("seesaw_loss", "fwd+bwd", {"N": 4096, "C": 1203}, "float32", "triton", status="skipped",
+                note="interpreter")]
+    dev = DeviceInfo("AMD EPYC (2 cores)", "cpu-x", None, "2.13.0+cpu", "3.9.0")
+    path = tmp_path / "results.csv"
+    write_csv(rows, str(path), dev, "2026-12-01T10:00:00+00:00")
+    back, dev2, stamp = read_csv(str(path))
+    assert stamp.startswith("2026-12-01") and dev2.name == dev.name and dev2.torch_version == dev.torch_version
+    key = lambda r: r.provider  # noqa: E731
+    for a, b in zip(sorted(rows, key=key), sorted(back, key=key)):
+        assert (a.op, a.mode, a.shape, a.dtype, a.provider, a.status, a.note) == \
+               (b.op, b.mode, b.shape, b.dtype, b.provider, b.status, b.note)
+        for m in ("median_ms", "speedup_vs_reference", "mem_bytes", "gbps", "traffic_ratio", "samples"):
+            assert getattr(a, m) == pytest.approx(getattr(b, m), rel=1e-3) if getattr(a, m) is not None \
+                else getattr(b, m) is None
+    assert back[0].mem_kind == "saved" or any(r.mem_kind == "saved" for r in back)
+    pytest.importorskip("matplotlib")
+    assert main(["--replot", str(path)]) == 0
+    assert (tmp_path / "speedup_vs_C.png").stat().st_size > 0
