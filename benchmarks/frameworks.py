@@ -11,7 +11,9 @@ that callers can report it.
 from __future__ import annotations
 
 import importlib
+import os
 import sys
+import types
 from typing import Optional, Tuple
 
 import torch
@@ -104,3 +106,20 @@ def import_timm() -> Tuple[Optional[object], str]:
     except ImportError as exc:
         return None, f"timm is not importable ({exc})"
     return timm, note
+
+
+def package_without_init(name: str) -> types.ModuleType:
+    """Put a package object for ``name`` (e.g. ``mmdet.models``) in ``sys.modules`` whose
+    ``__path__`` is the real package folder but whose ``__init__`` is not run, so that its
+    submodules can be imported one by one (mmdetection's loss modules without the rest of
+    ``mmdet.models``, which needs mmcv's compiled ops). Returns the existing module if any."""
+    if name in sys.modules:
+        return sys.modules[name]
+    parent_name, _, child = name.rpartition(".")
+    parent = importlib.import_module(parent_name)
+    module = types.ModuleType(name, f"{name} (package object; its __init__ is not run)")
+    module.__path__ = [os.path.join(p, child) for p in parent.__path__]
+    module.__package__ = name
+    sys.modules[name] = module
+    setattr(parent, child, module)
+    return module

@@ -11,7 +11,22 @@ from . import _validation as V
 from .functional import _seesaw_module_prepare
 
 
-class SeesawLoss(nn.Module):
+class Float32Counts(nn.Module):
+    """A module whose ``cum_samples`` buffer stays float32 through conversions to a half type
+    (``.half()``, ``.bfloat16()``, ``.to(torch.float16)``, mixed-precision wrappers): a float16
+    count stops growing at 2048 (bfloat16 at 256). Devices still move; ``.double()`` still gives
+    float64 (exact as well)."""
+
+    def _apply(self, fn, recurse=True):
+        counts = self.cum_samples
+        out = super()._apply(fn, recurse)
+        moved = self.cum_samples
+        if moved.dtype in (torch.float16, torch.bfloat16):
+            self.cum_samples = counts.to(device=moved.device, dtype=torch.float32)
+        return out
+
+
+class SeesawLoss(Float32Counts):
     """Seesaw loss for long-tailed instance segmentation / detection (Wang et al., CVPR 2021).
 
     Same constructor, buffer, flags and methods as mmdetection's class. ``cls_score`` has
@@ -54,17 +69,6 @@ class SeesawLoss(nn.Module):
         self.custom_cls_channels = True
         self.custom_activation = True
         self.custom_accuracy = True
-
-    def _apply(self, fn, recurse=True):
-        # `cum_samples` stays float32 through conversions to a half type (.half(), .bfloat16(),
-        # .to(torch.float16), mixed-precision wrappers): a float16 count stops growing at 2048
-        # (bfloat16 at 256). Devices still move; .double() still gives float64 (exact as well).
-        counts = self.cum_samples
-        out = super()._apply(fn, recurse)
-        moved = self.cum_samples
-        if moved.dtype in (torch.float16, torch.bfloat16):
-            self.cum_samples = counts.to(device=moved.device, dtype=torch.float32)
-        return out
 
     def extra_repr(self) -> str:
         return (f"num_classes={self.num_classes}, p={self.p}, q={self.q}, eps={self.eps}, "

@@ -40,3 +40,13 @@ def _no_pending_cuda_error():
             torch.cuda.synchronize()
         except RuntimeError as exc:  # pragma: no cover (needs a GPU)
             pytest.fail(f"the test left a CUDA error pending (a device-side assert?): {exc}")
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """One intra-op thread for a module of tiny-tensor tests (OpenMP threads waiting on a busy
+    machine, e.g. beside a child process, make each small op many times slower)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -12,13 +12,11 @@ code; the registry's import-order behaviour and the module without mmdetection a
 child process (:func:`test_clean_process`).
 """
 import importlib
-import inspect
 import itertools
 import json
 import os
 import subprocess
 import sys
-import textwrap
 import types
 
 import pytest
@@ -32,35 +30,9 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PLUGIN = "lossmix_ext.integrations.mmdet"
 
 
-def _package_without_init(name):
-    """Put a package object for ``name`` (e.g. ``mmdet.models``) in ``sys.modules`` whose
-    ``__path__`` is the real package folder but whose ``__init__`` is not executed, so its
-    submodules can be imported one by one."""
-    import importlib
-    import os
-    import sys
-    import types
+from benchmarks.frameworks import package_without_init as _package_without_init  # noqa: E402
 
-    if name in sys.modules:
-        return sys.modules[name]
-    parent_name, _, child = name.rpartition(".")
-    parent = importlib.import_module(parent_name)
-    module = types.ModuleType(name, f"{name} (package object; its __init__ is not run)")
-    module.__path__ = [os.path.join(p, child) for p in parent.__path__]
-    module.__package__ = name
-    sys.modules[name] = module
-    setattr(parent, child, module)
-    return module
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """The tensors here are tiny: one intra-op thread (OpenMP threads waiting on a busy machine,
-    e.g. beside the child process, make each small op many times slower)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
@@ -367,7 +339,7 @@ print("RESULT " + json.dumps(out))
 def child_process():
     """The clean child process, started before the in-process tests so that the two overlap."""
     src = _CHILD.replace("PACKAGE_WITHOUT_INIT",
-                         textwrap.indent(textwrap.dedent(inspect.getsource(_package_without_init)), "    ").strip())
+                         "from benchmarks.frameworks import package_without_init as _package_without_init")
     env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
     proc = subprocess.Popen([sys.executable, "-c", src], cwd=ROOT, env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)

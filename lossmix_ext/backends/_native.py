@@ -7,7 +7,7 @@ from typing import Callable, Dict
 import torch
 
 from . import torch as _torch_backend
-from .._ops import NATIVE_IMPORT_ERROR as IMPORT_ERROR, _native as _C
+from .._ops import NATIVE_IMPORT_ERROR as IMPORT_ERROR, _native as _C  # noqa: F401 (IMPORT_ERROR: re-exported)
 
 
 def sample_blocks(x: torch.Tensor) -> bool:

@@ -25,11 +25,12 @@ import warnings
 from typing import Optional, Tuple
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from .. import _ops
 from .. import _validation as V
 from ..functional import _avg_factor, _lam_args, _seesaw_backend, seesaw_loss, seesaw_loss_mixed
+from ..seesaw import Float32Counts
 
 __all__ = ["SeesawLoss", "register", "mmpretrain_models_status", "NAMES", "REGISTERED"]
 
@@ -41,7 +42,7 @@ _INSTALL = 'pip install "mmpretrain>=1.0,<2" "mmengine>=0.8.3,<1" "mmcv>=2.0.0,<
 _models_status: Optional[str] = None
 
 
-class SeesawLoss(nn.Module):
+class SeesawLoss(Float32Counts):
     """Seesaw loss for long-tailed classification (Wang et al., CVPR 2021), mmpretrain's contract.
 
     ``cls_score`` (N, C) class logits, ``labels`` (N,) class indices in [0, C) (int64 or
@@ -88,15 +89,6 @@ class SeesawLoss(nn.Module):
         self.inplace_grad = inplace_grad
         self.sync_counts = sync_counts
         self.register_buffer("cum_samples", torch.zeros(num_classes, dtype=torch.float))
-
-    def _apply(self, fn, recurse=True):
-        # as lossmix_ext.SeesawLoss: the counts stay float32 through conversions to a half type
-        counts = self.cum_samples
-        out = super()._apply(fn, recurse)
-        moved = self.cum_samples
-        if moved.dtype in (torch.float16, torch.bfloat16):
-            self.cum_samples = counts.to(device=moved.device, dtype=torch.float32)
-        return out
 
     def extra_repr(self) -> str:
         return (f"num_classes={self.num_classes}, p={self.p}, q={self.q}, eps={self.eps}, "
