@@ -112,6 +112,29 @@ def seesaw_loss_mixed(cls_score: Tensor, labels_a: Tensor, labels_b: Tensor, lam
                               reduction, avg_factor, backend, inplace_grad)
 
 
+def count_labels(cum_samples: Tensor, labels: Tensor, labels_b: Optional[Tensor] = None) -> Tensor:
+    """Add the per-class histogram of ``labels`` (and of ``labels_b``, LossMix's second label
+    set: a mixed image shows both) to ``cum_samples`` in place and return it — the count update
+    the C-logit :func:`seesaw_loss` needs before each loss, as mmdetection's module does it.
+
+    ``cum_samples`` (C,) floating; ``labels`` / ``labels_b`` (N,) int64 in [0, C) on its device.
+    On the device, without a host sync; both label sets are checked before the buffer changes.
+    """
+    V.float_tensor(cum_samples, "cum_samples", ndim=1)
+    dev = cum_samples.device
+    V.tensor(labels, "labels")
+    if labels.dim() != 1:
+        raise ValueError(f"labels must have shape (N,), got {tuple(labels.shape)}")
+    V.index_tensor(labels, "labels", labels.shape[0], dev)
+    if labels_b is not None:
+        V.index_tensor(labels_b, "labels_b", labels.shape[0], dev)
+        V.labels_in_range(labels_b, "labels_b", cum_samples.shape[0])
+    _ops.count_labels_(cum_samples, labels)  # checks labels before it adds
+    if labels_b is not None:
+        _ops.count_labels_(cum_samples, labels_b)
+    return cum_samples
+
+
 def _seesaw_class_loss(cls_score, label_sets, lam, cum_samples, p, q, eps, label_weights, reduction,
                        avg_factor, backend, inplace_grad):
     _seesaw_common(cls_score, p, q, eps, reduction, avg_factor)

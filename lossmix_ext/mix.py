@@ -31,7 +31,7 @@ from torch import Tensor
 from . import _validation as V
 from .functional import (_PAIRINGS, _image_batch, _inplace_images, _mixed_cross_entropy, _out_dtype,
                          _per_channel_values, lossmix_reduce,
-                         mix_images, mix_images_, sample_beta, sample_mix)
+                         mix_images, mix_images_, sample_beta, sample_mix, seesaw_loss_mixed)
 
 __all__ = ["LossMix", "MixPlan", "cutmix_boxes", "mix_detection", "DetectionMix", "domain_mix_plans",
            "DomainMixPlan", "index_targets"]
@@ -188,6 +188,20 @@ class MixPlan:
         loss_b = loss_fn(outputs, self.targets_b(targets))
         return lossmix_reduce(loss_a, loss_b, self.lam.to(loss_a.device), weights=weights, reduction=reduction,
                               avg_factor=avg_factor)
+
+    def seesaw_loss(self, cls_score: Tensor, labels: Tensor, cum_samples: Tensor, **kwargs) -> Tensor:
+        """Fused ``λ·seesaw(cls_score, labels) + (1−λ)·seesaw(cls_score, labels[index])``
+        (:func:`lossmix_ext.seesaw_loss_mixed`, whose keyword arguments these are) over C class
+        logits (N, C). The counts are not updated here: call
+        ``lossmix_ext.count_labels(cum_samples, labels, plan.targets_b(labels))`` first, as a
+        mixed image shows the instances of both."""
+        V.float_tensor(cls_score, "cls_score", ndim=2)
+        if cls_score.shape[0] != len(self):
+            raise ValueError(f"cls_score must have {len(self)} rows (the plan's batch size), got shape "
+                             f"{tuple(cls_score.shape)}")
+        V.index_tensor(labels, "labels", len(self), cls_score.device)
+        return seesaw_loss_mixed(cls_score, labels, self.targets_b(labels), self.lam.to(cls_score.device),
+                                 cum_samples, **kwargs)
 
     def cross_entropy(self, logits: Tensor, labels: Tensor, *, label_weights: Optional[Tensor] = None,
                       ignore_index: int = -100, reduction: str = "mean", avg_factor=None,
