@@ -158,27 +158,20 @@ class SmallCNN(nn.Module):
 
 
 # --------------------------------------------------------------------------- training
-def add_counts(counts: torch.Tensor, *label_sets: torch.Tensor) -> None:
-    """Add each label set's histogram to the running per-class counts (in place)."""
-    for labels in label_sets:
-        counts += torch.bincount(labels, minlength=counts.shape[0])
-
-
 def recipe_loss(recipe: str, model: nn.Module, x: torch.Tensor, y: torch.Tensor, counts: torch.Tensor,
                 mixer: Optional[L.LossMix]) -> torch.Tensor:
     """One batch's training loss for ``recipe``; the Seesaw recipes update ``counts`` first."""
     if recipe == "ce":
         return F.cross_entropy(model(x), y)
     if recipe == "seesaw":
-        add_counts(counts, y)
+        L.count_labels(counts, y)  # the batch's labels counted before the loss (as mmdetection)
         return L.seesaw_loss(model(x), y, counts, p=SEESAW_P, q=SEESAW_Q)
     x, plan = mixer(x)
     if recipe == "ce+lossmix":
         return plan.cross_entropy(model(x), y)
     if recipe == "seesaw+lossmix":
-        y_b = y[plan.index]
-        add_counts(counts, y, y_b)
-        return L.seesaw_loss_mixed(model(x), y, y_b, plan.lam, counts, p=SEESAW_P, q=SEESAW_Q)
+        L.count_labels(counts, y, plan.targets_b(y))  # a mixed image shows both labels
+        return plan.seesaw_loss(model(x), y, counts, p=SEESAW_P, q=SEESAW_Q)
     raise ValueError(f"unknown recipe {recipe!r}; known: {RECIPES}")
 
 
