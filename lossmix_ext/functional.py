@@ -112,6 +112,20 @@ def seesaw_loss_mixed(cls_score: Tensor, labels_a: Tensor, labels_b: Tensor, lam
                               reduction, avg_factor, backend, inplace_grad)
 
 
+def _lossmix_pair_args(labels_b: Optional[Tensor], lam, n: int, dev: torch.device):
+    """The LossMix arguments of a module's forward: ``labels_b`` and ``lam`` both given (checked:
+    (n,) labels on ``dev``, λ as :func:`_lam_args`) or neither. Returns ``_lam_args``' result,
+    ``(None, 1.0)`` without LossMix."""
+    if labels_b is None:
+        if lam is not None:
+            raise ValueError("lam is given but labels_b is None; pass both for LossMix, or neither")
+        return None, 1.0
+    if lam is None:
+        raise ValueError("labels_b is given but lam is None; pass both for LossMix, or neither")
+    V.index_tensor(labels_b, "labels_b", n, dev)
+    return _lam_args(lam, n, dev)
+
+
 def count_labels(cum_samples: Tensor, labels: Tensor, labels_b: Optional[Tensor] = None) -> Tensor:
     """Add the per-class histogram of ``labels`` (and of ``labels_b``, LossMix's second label
     set: a mixed image shows both) to ``cum_samples`` in place and return it — the count update
@@ -236,14 +250,7 @@ def _seesaw_module_prepare(cls_score, labels, cum_samples, num_classes, p, q, ep
     V.counts_vector(cum_samples, "cum_samples", cum_samples.shape[0], dev)
     if label_weights is not None:
         V.row_vector(label_weights, "label_weights", n, dev)
-    if labels_b is None:
-        if lam is not None:
-            raise ValueError("lam is given but labels_b is None; pass both for LossMix, or neither")
-    else:
-        if lam is None:
-            raise ValueError("labels_b is given but lam is None; pass both for LossMix, or neither")
-        V.index_tensor(labels_b, "labels_b", n, dev)
-    lam_t, lam_value = _lam_args(lam, n, dev) if labels_b is not None else (None, 1.0)
+    lam_t, lam_value = _lossmix_pair_args(labels_b, lam, n, dev)
     _flag(inplace_grad, "inplace_grad")
     op_backend = _seesaw_backend(cls_score, backend, inplace_grad)
     p, q, eps = float(p), float(q), float(eps)

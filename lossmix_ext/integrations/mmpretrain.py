@@ -29,7 +29,7 @@ from torch import Tensor
 
 from .. import _ops
 from .. import _validation as V
-from ..functional import _avg_factor, _lam_args, _seesaw_backend, seesaw_loss, seesaw_loss_mixed
+from ..functional import _avg_factor, _lossmix_pair_args, _seesaw_backend, seesaw_loss, seesaw_loss_mixed
 from ..seesaw import Float32Counts
 
 __all__ = ["SeesawLoss", "register", "mmpretrain_models_status", "NAMES", "REGISTERED"]
@@ -127,14 +127,7 @@ class SeesawLoss(Float32Counts):
         if reduction == "none":
             avg_factor = None  # ignored, as mmpretrain's weight_reduce_loss does
         _avg_factor(avg_factor, dev)
-        if labels_b is None:
-            if lam is not None:
-                raise ValueError("lam is given but labels_b is None; pass both for LossMix, or neither")
-        else:
-            if lam is None:
-                raise ValueError("labels_b is given but lam is None; pass both for LossMix, or neither")
-            V.index_tensor(labels_b, "labels_b", n, dev)
-            _lam_args(lam, n, dev)  # λ checked before the counts change
+        _lossmix_pair_args(labels_b, lam, n, dev)  # λ checked before the counts change
         _seesaw_backend(cls_score, self.backend, self.inplace_grad)  # backend / inplace_grad errors, likewise
         self._count(labels, labels_b, counts)
 
