@@ -33,6 +33,7 @@ import importlib
 import warnings
 from typing import Optional, Tuple
 
+from ._registry import register_names
 from ..seesaw import SeesawLoss as _SeesawLoss
 
 __all__ = ["FusedSeesawLoss", "register", "mmdet_models_status", "NAMES", "REGISTERED"]
@@ -98,7 +99,7 @@ def register(force: bool = True) -> Tuple[str, ...]:
     (then only ``"FusedSeesawLoss"`` builds the fused loss). Idempotent. Raises
     :class:`ImportError` when mmdetection 3.x cannot be imported.
     """
-    if not isinstance(force, bool):
+    if not isinstance(force, bool):  # before any framework import
         raise TypeError(f"force must be True or False, got {type(force).__name__}")
     registry = _registry()
     if _import_models() != "imported":
@@ -106,15 +107,7 @@ def register(force: bool = True) -> Tuple[str, ...]:
             f"lossmix_ext.integrations.mmdet: 'mmdet.models' could not be imported ({_models_status}), so "
             f"mmdetection's registry cannot build models; FusedSeesawLoss is registered all the same. "
             f"mmdet.models needs mmcv with its compiled ops (not mmcv-lite)", stacklevel=2)
-    names = []
-    for name in NAMES:
-        current = registry.module_dict.get(name)
-        if current is not FusedSeesawLoss:
-            if current is not None and not force:
-                continue
-            registry.register_module(name=name, force=True, module=FusedSeesawLoss)
-        names.append(name)
-    return tuple(names)
+    return register_names(registry, FusedSeesawLoss, NAMES, force)
 
 
 #: The names registered when this module was imported.

@@ -30,6 +30,7 @@ from torch import Tensor
 from .. import _ops
 from .. import _validation as V
 from ..functional import _avg_factor, _lossmix_pair_args, _seesaw_backend, seesaw_loss, seesaw_loss_mixed
+from ._registry import register_names
 from ..seesaw import Float32Counts
 
 __all__ = ["SeesawLoss", "register", "mmpretrain_models_status", "NAMES", "REGISTERED"]
@@ -191,7 +192,7 @@ def register(force: bool = True) -> Tuple[str, ...]:
     Raises :class:`ImportError` when mmpretrain cannot be imported.
     """
     global _models_status
-    if not isinstance(force, bool):
+    if not isinstance(force, bool):  # before any framework import
         raise TypeError(f"force must be True or False, got {type(force).__name__}")
     registry = _registry()
     try:
@@ -203,15 +204,7 @@ def register(force: bool = True) -> Tuple[str, ...]:
             f"mmpretrain's registry cannot build models; SeesawLoss is registered all the same", stacklevel=2)
     else:
         _models_status = "imported"
-    names = []
-    for name in NAMES:
-        current = registry.module_dict.get(name)
-        if current is not SeesawLoss:
-            if current is not None and not force:
-                continue
-            registry.register_module(name=name, force=True, module=SeesawLoss)
-        names.append(name)
-    return tuple(names)
+    return register_names(registry, SeesawLoss, NAMES, force)
 
 
 def _register_if_installed() -> Tuple[str, ...]:
