@@ -79,7 +79,10 @@ def import_torchvision() -> Tuple[Optional[object], str]:
     for name in [m for m in sys.modules if m == "torchvision" or m.startswith("torchvision.")]:
         del sys.modules[name]
     _declare_torchvision_schemas()
-    return importlib.import_module("torchvision"), reason
+    try:
+        return importlib.import_module("torchvision"), reason
+    except ImportError as exc:  # e.g. a dependency of torchvision's own (numpy) is missing
+        return None, f"torchvision is not importable ({exc})"
 
 
 def import_timm() -> Tuple[Optional[object], str]:

@@ -37,6 +37,11 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         "whether the backward pass running on this thread keeps the graph (True outside a backward)");
   m.def("storage_is_exclusive", [](const at::Tensor& t) { return t.has_storage() && t.storage().use_count() == 1; },
         "whether no other tensor (view, alias) shares t's storage");
+#ifdef LOSSMIX_WITH_CUDA
+  m.def("device_assert", &lmx_cuda::assert_flag,
+        "value check on a CUDA device: when the one-element tensor `bad` is true, a kernel prints `message` and "
+        "fails with a device-side assert (no host sync)", py::arg("bad"), py::arg("message"));
+#endif
   m.def("set_validation_mode", &lmx::set_validation_mode,
         "value-check mode of the native kernels: 0 auto, 1 sync, 2 off (set by lossmix_ext._validation)");
   m.def("set_python_kernel", [](py::object fn) { lmx::set_python_kernel(fn.ptr()); },

@@ -61,6 +61,35 @@ void set_python_kernel(void* callable /* PyObject*, a new reference is kept */);
 // devices; tests set this to run the ATen path on CPU too.
 void set_generic_weights(bool on);
 
+// ------------------------------------------------------------------ seesaw_loss's weights
+// The stacked label sets (S, N) int64 and the per-set, per-row class and objectness weights (S, N)
+// in opmath that seesaw_loss passes to seesaw_fwd (λ, label weights, loss weight and the
+// reduction's divisors folded in); seesaw_loss.cpp. Its double backward builds them again.
+struct LossWeights {
+  at::Tensor labels;
+  at::Tensor weights;
+  c10::optional<at::Tensor> obj_weights;
+};
+LossWeights build_loss_weights(const at::Tensor& logits, const at::Tensor& labels,
+                               const c10::optional<at::Tensor>& labels_b, const c10::optional<at::Tensor>& lam,
+                               double lam_value, const c10::optional<at::Tensor>& label_weights,
+                               c10::optional<int64_t> ignore_index, bool objectness, c10::string_view reduction,
+                               const c10::optional<at::Tensor>& avg_factor_t, c10::optional<double> avg_factor,
+                               double loss_weight, bool values_readable);
+
+// ------------------------------------------------------------------ the double backward
+// d(loss)/d(logits) of a seesaw_fwd / seesaw_loss node whose backward is differentiated: `grad` is
+// the saved gradient with its history (the node's output 2), `grad_loss` / `grad_obj` the
+// upstream gradients of the losses and `grad_grad` the gradient arriving at `grad` (for the
+// Hessian-vector product). The Python function lossmix_ext._ops.seesaw_second_order (one
+// implementation for every backend and for the builds without this extension).
+at::Tensor seesaw_second_order(const at::Tensor& grad, const c10::optional<at::Tensor>& grad_loss,
+                               const c10::optional<at::Tensor>& grad_obj, const c10::optional<at::Tensor>& grad_grad,
+                               const at::Tensor& labels, const at::Tensor& weights,
+                               const c10::optional<at::Tensor>& obj_weights, const c10::optional<at::Tensor>& counts,
+                               double p, double q, double eps, c10::optional<int64_t> ignore_index,
+                               const c10::optional<at::Tensor>& logits, bool has_obj, const std::string& backend);
+
 // ------------------------------------------------------------------ kernels used by autograd
 // seesaw_bwd with the result written over `grad` (rows scaled by exactly 1 untouched).
 at::Tensor seesaw_bwd_inplace(const at::Tensor& grad, const at::Tensor& grad_loss,

@@ -53,13 +53,20 @@ std::string labels_msg(const char* name, int64_t hi, optional<int64_t> ignore_in
   return s.str();
 }
 
-// A 0-d bool tensor `bad` on a non-CPU device: raise ("sync") or assert on device ("auto").
+// A 0-d bool tensor `bad` on a non-CPU device: raise ("sync") or assert on device ("auto"; with
+// the CUDA kernels built, an assert that prints `msg`: at::_assert_async drops it on CUDA).
 void device_check(const Tensor& bad, const std::string& msg) {
   if (validation_mode() == Validate::Sync) {
     TORCH_CHECK_VALUE(!bad.item<bool>(), msg);
-  } else {
-    at::_assert_async(at::logical_not(bad), msg);
+    return;
   }
+#ifdef LOSSMIX_WITH_CUDA
+  if (bad.is_cuda() && !tracing(bad)) {
+    lmx_cuda::assert_flag(bad, msg);
+    return;
+  }
+#endif
+  at::_assert_async(at::logical_not(bad), msg);
 }
 
 template <class I>
@@ -131,26 +138,37 @@ Tensor seesaw_bwd_cuda(const Tensor& grad, const Tensor& grad_loss, const option
 }
 
 // ------------------------------------------------------------------ count_labels_
+// counts[l] += 1 for every label l in [0, n); a label outside (value checks off) is skipped.
 template <class T>
-void count_cpu(T* c, const Tensor& lab) {
+void count_cpu(T* c, int64_t n, const Tensor& lab) {
   AT_DISPATCH_INTEGRAL_TYPES(lab.scalar_type(), "count_labels_", [&] {
     const scalar_t* l = lab.const_data_ptr<scalar_t>();
-    for (int64_t i = 0, n = lab.numel(); i < n; ++i) c[static_cast<int64_t>(l[i])] += T(1);
+    for (int64_t i = 0, m = lab.numel(); i < m; ++i) {
+      const int64_t v = static_cast<int64_t>(l[i]);
+      if (v >= 0 && v < n) c[v] += T(1);
+    }
   });
 }
 
-// counts[l] += 1 for every label l of `labels` (checked against len(counts) unless the check is off).
+// counts[l] += 1 for every label l of `labels`, checked against len(counts) before (unless the
+// checks are off: then a label outside [0, len(counts)) is skipped, never written out of bounds).
 void add_histogram(Tensor& counts, const Tensor& labels) {
   const Tensor flat = labels.reshape({-1});
-  const bool fast = counts.is_cpu() && counts.is_contiguous() && validation_mode() != Validate::Off &&
-                    (counts.scalar_type() == at::kFloat || counts.scalar_type() == at::kDouble);
-  if (fast) {  // labels were checked: every one indexes the buffer
+  const int64_t n = counts.size(0);
+  if (counts.is_cpu() && counts.is_contiguous() &&
+      (counts.scalar_type() == at::kFloat || counts.scalar_type() == at::kDouble)) {
     const Tensor lab = flat.contiguous();
-    if (counts.scalar_type() == at::kFloat) count_cpu(counts.mutable_data_ptr<float>(), lab);
-    else count_cpu(counts.mutable_data_ptr<double>(), lab);
+    if (counts.scalar_type() == at::kFloat) count_cpu(counts.mutable_data_ptr<float>(), n, lab);
+    else count_cpu(counts.mutable_data_ptr<double>(), n, lab);
     return;
   }
-  counts.index_add_(0, flat.to(at::kLong), at::ones({flat.numel()}, counts.options()));
+  const Tensor lab = flat.to(at::kLong);
+  if (validation_mode() != Validate::Off) {  // every label was checked to index the buffer
+    counts.index_add_(0, lab, at::ones({flat.numel()}, counts.options()));
+    return;
+  }
+  const Tensor ok = at::logical_and(lab >= 0, lab < n);
+  counts.index_add_(0, at::where(ok, lab, at::zeros_like(lab)), ok.to(counts.scalar_type()));
 }
 
 void count_labels_kernel(Tensor& counts, const Tensor& labels) {
@@ -294,6 +312,15 @@ void check_finite(const Tensor& x, const char* name) {
     return;
   }
   device_check(at::logical_not(at::isfinite(x).all()), msg);
+}
+
+Tensor seesaw_second_order(const Tensor& grad, const optional<Tensor>& grad_loss, const optional<Tensor>& grad_obj,
+                           const optional<Tensor>& grad_grad, const Tensor& labels, const Tensor& weights,
+                           const optional<Tensor>& obj_weights, const optional<Tensor>& counts, double p, double q,
+                           double eps, optional<int64_t> ignore_index, const optional<Tensor>& logits, bool has_obj,
+                           const std::string& backend) {
+  return call_python<Tensor>("seesaw_second_order", backend, grad, grad_loss, grad_obj, grad_grad, labels, weights,
+                             obj_weights, counts, p, q, eps, ignore_index, logits, has_obj);
 }
 
 Tensor seesaw_bwd_inplace(const Tensor& grad, const Tensor& grad_loss, const optional<Tensor>& grad_obj,

@@ -108,43 +108,27 @@ void cpu_weights(const CpuWeightArgs& a, T* w, T* ow) {
   }
 }
 
-std::tuple<Tensor, Tensor, Tensor> seesaw_loss(const Tensor& logits, const Tensor& labels, const optional<Tensor>& labels_b,
-                                       const optional<Tensor>& lam, double lam_value,
-                                       const optional<Tensor>& label_weights, const optional<Tensor>& counts,
-                                       double p, double q, double eps, optional<int64_t> ignore_index,
-                                       bool objectness, c10::string_view reduction,
-                                       const optional<Tensor>& avg_factor_t, optional<double> avg_factor,
-                                       double loss_weight, c10::string_view backend) {
-  static auto fwd = c10::Dispatcher::singleton().findSchemaOrThrow("lossmix_ext::seesaw_fwd", "").typed<FwdSig>();
-  TORCH_CHECK_VALUE(logits.dim() == 2, "seesaw_loss: logits must be 2-D, got ", logits.sizes());
+}  // namespace
+
+// The per-row weights of seesaw_loss (see CpuWeightArgs and the contract in _ops.py): the stacked
+// label sets (S, N) int64, the class weights (S, N) and, with objectness, the objectness weights
+// (S, N), in opmath. `values_readable`: the labels are real tensors (not traced) and were checked.
+LossWeights build_loss_weights(const Tensor& logits, const Tensor& labels, const optional<Tensor>& labels_b,
+                               const optional<Tensor>& lam, double lam_value, const optional<Tensor>& label_weights,
+                               optional<int64_t> ignore_index, bool objectness, c10::string_view reduction,
+                               const optional<Tensor>& avg_factor_t, optional<double> avg_factor, double loss_weight,
+                               bool values_readable) {
   const int64_t n = logits.size(0);
   const int64_t C = logits.size(1) - (objectness ? 2 : 0);
   const bool pair = labels_b.has_value();
   const at::ScalarType om = logits.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
   const auto opts = logits.options().dtype(om);
-
-  // Value checks, with the caller's names, before anything else (a failed check changes nothing).
-  const bool check = readable(labels) && (!pair || readable(*labels_b));
-  if (check) {
-    const char* na = objectness || !pair ? "labels" : "labels_a";
-    if (objectness) {
-      check_background_labels(labels, na, C);
-      if (pair) check_background_labels(*labels_b, "labels_b", C);
-    } else {
-      check_labels(labels, na, C, ignore_index);
-      if (pair) check_labels(*labels_b, "labels_b", C, ignore_index);
-    }
-    if (counts.has_value() && p > 0 && readable(*counts)) check_finite(*counts, "cum_samples");
-  }
-
   const bool mean = reduction == "mean";
   const bool has_avg = avg_factor_t.has_value() || avg_factor.has_value();
-  optional<Tensor> counts_c = counts;  // seesaw_fwd takes C counts (SeesawLoss keeps C + 1)
-  if (counts.has_value() && counts->dim() == 1 && counts->size(0) > C) counts_c = counts->slice(0, 0, C);
-  const optional<int64_t> fwd_ignore = objectness ? optional<int64_t>(C) : ignore_index;
 
-  if (logits.is_cpu() && check && n > 0 && !g_generic_weights.load(std::memory_order_relaxed) && (!label_weights.has_value() || readable(*label_weights)) &&
-      (!lam.has_value() || readable(*lam)) && (!avg_factor_t.has_value() || readable(*avg_factor_t))) {
+  if (logits.is_cpu() && values_readable && n > 0 && !g_generic_weights.load(std::memory_order_relaxed) &&
+      (!label_weights.has_value() || readable(*label_weights)) && (!lam.has_value() || readable(*lam)) &&
+      (!avg_factor_t.has_value() || readable(*avg_factor_t))) {
     const int S = pair ? 2 : 1;
     Tensor all_labels = pair ? at::stack({labels.to(at::kLong), labels_b->to(at::kLong)})
                              : labels.to(at::kLong).reshape({1, n}).contiguous();
@@ -175,13 +159,7 @@ std::tuple<Tensor, Tensor, Tensor> seesaw_loss(const Tensor& logits, const Tenso
     else
       cpu_weights<float>(a, weights.mutable_data_ptr<float>(),
                          objectness ? obj_weights->mutable_data_ptr<float>() : nullptr);
-    Tensor cls_rows, obj_rows, grad;
-    {
-      ChecksDone done(true);
-      std::tie(cls_rows, obj_rows, grad) =
-          fwd.call(logits, all_labels, weights, obj_weights, counts_c, p, q, eps, fwd_ignore, backend);
-    }
-    return reduce(cls_rows, obj_rows, grad, reduction, objectness);
+    return {all_labels, weights, obj_weights};
   }
 
   // Per-row base weight: label weights × loss weight.
@@ -264,11 +242,47 @@ std::tuple<Tensor, Tensor, Tensor> seesaw_loss(const Tensor& logits, const Tenso
     weights = set_weight(lab_a, Tensor(), 1.0).unsqueeze(0);
     if (objectness) obj_weights = obj_weight(Tensor(), 1.0).unsqueeze(0);
   }
+  return {all_labels, weights, obj_weights};
+}
+
+namespace {
+
+std::tuple<Tensor, Tensor, Tensor> seesaw_loss(const Tensor& logits, const Tensor& labels, const optional<Tensor>& labels_b,
+                                       const optional<Tensor>& lam, double lam_value,
+                                       const optional<Tensor>& label_weights, const optional<Tensor>& counts,
+                                       double p, double q, double eps, optional<int64_t> ignore_index,
+                                       bool objectness, c10::string_view reduction,
+                                       const optional<Tensor>& avg_factor_t, optional<double> avg_factor,
+                                       double loss_weight, c10::string_view backend) {
+  static auto fwd = c10::Dispatcher::singleton().findSchemaOrThrow("lossmix_ext::seesaw_fwd", "").typed<FwdSig>();
+  TORCH_CHECK_VALUE(logits.dim() == 2, "seesaw_loss: logits must be 2-D, got ", logits.sizes());
+  const int64_t C = logits.size(1) - (objectness ? 2 : 0);
+  const bool pair = labels_b.has_value();
+
+  // Value checks, with the caller's names, before anything else (a failed check changes nothing).
+  const bool check = readable(labels) && (!pair || readable(*labels_b));
+  if (check) {
+    const char* na = objectness || !pair ? "labels" : "labels_a";
+    if (objectness) {
+      check_background_labels(labels, na, C);
+      if (pair) check_background_labels(*labels_b, "labels_b", C);
+    } else {
+      check_labels(labels, na, C, ignore_index);
+      if (pair) check_labels(*labels_b, "labels_b", C, ignore_index);
+    }
+    if (counts.has_value() && p > 0 && readable(*counts)) check_finite(*counts, "cum_samples");
+  }
+
+  optional<Tensor> counts_c = counts;  // seesaw_fwd takes C counts (SeesawLoss keeps C + 1)
+  if (counts.has_value() && counts->dim() == 1 && counts->size(0) > C) counts_c = counts->slice(0, 0, C);
+  const optional<int64_t> fwd_ignore = objectness ? optional<int64_t>(C) : ignore_index;
+  const LossWeights w = build_loss_weights(logits, labels, labels_b, lam, lam_value, label_weights, ignore_index,
+                                           objectness, reduction, avg_factor_t, avg_factor, loss_weight, check);
   Tensor cls_rows, obj_rows, grad;
   {
     ChecksDone done(check);
-    std::tie(cls_rows, obj_rows, grad) = fwd.call(logits, all_labels, weights, obj_weights, counts_c, p, q, eps,
-                                                         fwd_ignore, backend);
+    std::tie(cls_rows, obj_rows, grad) =
+        fwd.call(logits, w.labels, w.weights, w.obj_weights, counts_c, p, q, eps, fwd_ignore, backend);
   }
   return reduce(cls_rows, obj_rows, grad, reduction, objectness);
 }

@@ -45,7 +45,7 @@ from typing import Optional, Tuple
 import torch
 from torch import Tensor
 
-from . import _backend, _validation
+from . import _backend, _composite, _validation
 from ._reference import F32_EPS
 
 NS = "lossmix_ext"
@@ -120,7 +120,7 @@ def _count_labels_impl(counts: Tensor, labels: Tensor) -> None:
     """
     flat = labels.reshape(-1)
     _validation.labels_in_range(flat, "labels", counts.shape[0])
-    counts.index_add_(0, flat.long(), torch.ones_like(flat, dtype=counts.dtype))
+    _add_histogram(counts, flat)
 
 
 def _count_labels_fake(counts, labels):
@@ -138,8 +138,18 @@ def _seesaw_count_impl(cum_samples: Tensor, labels: Tensor, labels_b: Optional[T
     if check_finite:
         _validation.finite(cum_samples, "cum_samples")
     for lab, _ in sets:
-        flat = lab.reshape(-1)
-        cum_samples.index_add_(0, flat.long(), torch.ones_like(flat, dtype=cum_samples.dtype))
+        _add_histogram(cum_samples, lab.reshape(-1))
+
+
+def _add_histogram(counts: Tensor, labels: Tensor) -> None:
+    """``counts[l] += 1`` for every label of the (checked) 1-D ``labels``; with the value checks
+    off, a label outside [0, len(counts)) is skipped rather than written out of bounds."""
+    lab = labels.long()
+    if _validation.get_validation() != "off":
+        counts.index_add_(0, lab, torch.ones_like(lab, dtype=counts.dtype))
+        return
+    ok = (lab >= 0) & (lab < counts.shape[0])
+    counts.index_add_(0, torch.where(ok, lab, torch.zeros_like(lab)), ok.to(counts.dtype))
 
 
 def _seesaw_count_fake(cum_samples, labels, labels_b, check_finite):
@@ -147,7 +157,10 @@ def _seesaw_count_fake(cum_samples, labels, labels_b, check_finite):
 
 
 def _python_kernel(op: str, backend: str, *args):
-    """What the C++-registered ops call for a backend (or arguments) without a native kernel."""
+    """What the C++-registered ops call for a backend (or arguments) without a native kernel, and
+    for the double backward of their autograd nodes (every backend)."""
+    if op == "seesaw_second_order":
+        return _composite.seesaw_second_order(*args)
     if op == "seesaw_fwd":
         if _native.checks_done():  # called by seesaw_loss, which checked the values already
             return _backend.kernel("seesaw_fwd", backend)(*args)
@@ -184,17 +197,26 @@ def _may_reuse(grad: Tensor) -> bool:
             and not _saved_tensors_hooks_active())
 
 
-def _seesaw_setup(ctx, inputs, output, reuse: bool = True):
+def _seesaw_setup(ctx, inputs, output, inplace: bool = False):
     ctx.set_materialize_grads(False)  # the unused grad output would otherwise get an N×C zero tensor
-    ctx.has_obj = inputs[3] is not None
-    ctx.backend = inputs[-1]
+    logits, labels, weights, obj_weights, counts, p, q, eps, ignore_index, backend = inputs
+    ctx.has_obj = obj_weights is not None
+    ctx.backend = backend
+    ctx.inplace = inplace
+    # for the double backward (small tensors; the logits only where the gradient cannot give back
+    # the adjusted softmaxes: two label sets with Seesaw factors): see _composite
+    ctx.second_order = (labels, weights, obj_weights, counts, p, q, eps, ignore_index)
+    seesaw = (p > 0 and counts is not None) or q > 0
+    ctx.keeps_logits = labels.shape[0] == 2 and seesaw and logits.requires_grad and not inplace
+    keep = (logits,) if ctx.keeps_logits else ()  # saved tensors (saved-tensor hooks see them)
     grad = output[2]
-    ctx.alias = reuse and _may_reuse(grad)
+    ctx.alias = not inplace and _may_reuse(grad)
     if ctx.alias:
         ctx.grad = grad.detach()
         ctx.grad_version = grad._version
+        ctx.save_for_backward(*keep)
     else:
-        ctx.save_for_backward(grad)
+        ctx.save_for_backward(grad, *keep)
 
 
 def _saved_grad(ctx) -> Tensor:
@@ -212,7 +234,17 @@ def _saved_grad(ctx) -> Tensor:
     return grad
 
 
-def _seesaw_backward(ctx, grad_loss, grad_obj, _grad_grad):
+def _seesaw_backward(ctx, grad_loss, grad_obj, grad_grad):
+    if torch.is_grad_enabled() or grad_grad is not None:  # differentiated (create_graph=True): see _composite
+        if ctx.inplace:
+            raise RuntimeError("lossmix_ext: inplace_grad=True overwrites the scores with their gradient, so its "
+                               "backward cannot be differentiated (double backward, create_graph=True); use "
+                               "inplace_grad=False for higher-order gradients")
+        labels, weights, obj_weights, counts, p, q, eps, ignore_index = ctx.second_order
+        logits = ctx.saved_tensors[-1] if ctx.keeps_logits else None
+        return (_composite.seesaw_second_order(_saved_grad(ctx), grad_loss, grad_obj if ctx.has_obj else None,
+                                               grad_grad, labels, weights, obj_weights, counts, p, q, eps,
+                                               ignore_index, logits, ctx.has_obj),) + (None,) * 9
     grad = _saved_grad(ctx)
     om = opmath_dtype(grad.dtype)
     n = grad.shape[0]
@@ -370,6 +402,8 @@ if NATIVE_REGISTRATION:
     torch.library.register_fake(f"{NS}::count_labels_")(_count_labels_fake)
     _native.set_python_kernel(_python_kernel)
     _validation._set_native_mode_setter(_native.set_validation_mode)
+    if getattr(_native, "with_cuda", False):
+        _validation._set_device_assert(_native.device_assert)
 else:
     seesaw_fwd = torch.library.custom_op(f"{NS}::seesaw_fwd", _seesaw_fwd_impl, mutates_args=())
     seesaw_fwd.register_fake(_seesaw_fwd_fake)
@@ -401,7 +435,7 @@ class SeesawInplace(torch.autograd.Function):
             logits, labels, weights, obj_weights, counts, p, q, eps, ignore_index)
         ctx.mark_dirty(logits)
         _seesaw_setup(ctx, (logits, labels, weights, obj_weights, counts, p, q, eps, ignore_index, backend),
-                      (loss, obj_loss, grad), reuse=False)
+                      (loss, obj_loss, grad), inplace=True)
         return loss, obj_loss, grad
 
     @staticmethod
@@ -477,6 +511,25 @@ def _mix_backward(ctx, grad):
 
 
 torch.library.register_autograd(f"{NS}::mix_images", _mix_backward, setup_context=_mix_setup)
+
+
+# mix_images_backward is linear in its gradient input: its own derivative (the double backward of
+# mix_images) maps u to k·(a_b·u[b] + (1 − a_b)·u[index[b]]), i.e. mix_images of u with the same
+# λ, index, boxes, scale and std and no mean — itself differentiable, so every order is right.
+def _mix_backward_setup(ctx, inputs, output):
+    grad, lam, index, boxes, std, scale, images_dtype, backend = inputs
+    ctx.backend, ctx.scale, ctx.grad_dtype = backend, scale, grad.dtype
+    ctx.save_for_backward(lam, index, boxes, std)
+
+
+def _mix_backward_backward(ctx, grad_dx):
+    lam, index, boxes, std = ctx.saved_tensors
+    g = mix_images(grad_dx, lam, index, boxes, None, std, ctx.scale, ctx.grad_dtype, ctx.backend)
+    return (g,) + (None,) * 7
+
+
+torch.library.register_autograd(f"{NS}::mix_images_backward", _mix_backward_backward,
+                                setup_context=_mix_backward_setup)
 
 
 # --------------------------------------------------------------------------- mix_images_ (in place, pairs)

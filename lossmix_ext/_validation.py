@@ -173,10 +173,16 @@ def reduction(reduction: str, avg_factor=None) -> str:
     return reduction
 
 
+def _isfinite(v) -> bool:
+    # inf - inf and nan - nan are nan: also traceable where `v` is a symbolic float (torch.compile
+    # with dynamic=True), which math.isfinite cannot take
+    return v - v == 0 if torch.compiler.is_compiling() else math.isfinite(v)
+
+
 def seesaw_params(p, q, eps) -> None:
     for name, v in (("p", p), ("q", q), ("eps", eps)):
         if type(v) is float or type(v) is int:  # the usual case, without the ABC check
-            if math.isfinite(v):
+            if _isfinite(v):
                 continue
         elif isinstance(v, Real) and not isinstance(v, bool) and math.isfinite(float(v)):
             continue
@@ -190,6 +196,26 @@ def _fail(msg: str) -> None:
     raise ValueError(msg)
 
 
+# The native CUDA value check (lossmix_ext._C.device_assert: prints the message, then a device-side
+# assert), set by _ops when the extension has CUDA kernels; torch._assert_async drops the message
+# on CUDA, so without it the message shows only with LOSSMIX_EXT_VALIDATE=sync.
+_device_assert = None
+
+
+def _set_device_assert(fn) -> None:
+    global _device_assert
+    _device_assert = fn
+
+
+def _unwrapped(t: Tensor) -> Tensor:
+    """``t`` under every torch.func wrapper: the real values (under ``vmap`` those of every sample:
+    the batch dimension is there again)."""
+    functorch = torch._C._functorch
+    while functorch.is_functorch_wrapped_tensor(t):
+        t = functorch.get_unwrapped(t)
+    return t
+
+
 def _check(bad: Tensor, msg: str) -> None:
     """Raise (or assert on device) when the boolean tensor ``bad`` is True."""
     if _mode == "off":
@@ -197,9 +223,13 @@ def _check(bad: Tensor, msg: str) -> None:
     if torch.compiler.is_compiling():  # traced wrapper code: an in-graph assert (RuntimeError)
         torch._assert_async(~bad, msg)
         return
+    if torch._C._are_functorch_transforms_active():  # a value cannot be read through the wrappers
+        bad = _unwrapped(bad).any()
     if bad.device.type == "cpu" or _mode == "sync":
         if bool(bad):
             _fail(msg)
+    elif _device_assert is not None and bad.device.type == "cuda" and type(bad) is torch.Tensor:
+        _device_assert(bad, msg)
     else:
         torch._assert_async(~bad, msg)
 

@@ -13,9 +13,10 @@ from numbers import Real
 from typing import Optional, Sequence, Tuple
 
 import torch
+import torch.autograd.forward_ad as _fwad
 from torch import Tensor
 
-from . import _backend, _ops
+from . import _backend, _composite, _ops, _reference
 from . import _validation as V
 
 
@@ -67,8 +68,21 @@ def _naming_labels(call, label_sets, num_classes: int, ignore_index=None):
         raise ValueError(msg) from exc
 
 
+def _transformed() -> bool:
+    """Whether a ``torch.func`` transform (``grad``, ``vmap``, ``jvp``, ``jacrev``, ...) or a
+    forward-mode AD level (``torch.autograd.forward_ad.dual_level``) is active: the fused ops'
+    autograd nodes cannot be transformed, so the functions then compute with the composite
+    forms of :mod:`._composite` (plain PyTorch ops, same contracts and value checks)."""
+    return torch._C._are_functorch_transforms_active() or _fwad._current_level >= 0
+
+
 def _uses_inplace(logits: Tensor, inplace_grad: bool) -> bool:
-    return inplace_grad and not torch.compiler.is_compiling() and torch.is_grad_enabled() and logits.requires_grad
+    return (inplace_grad and not torch.compiler.is_compiling() and torch.is_grad_enabled() and logits.requires_grad
+            and not _transformed())
+
+
+def _composite_fwd(logits, labels, weights, obj_weights, counts, p, q, eps, ignore_index, backend):
+    return _composite.seesaw_fwd_rows(logits, labels, weights, obj_weights, counts, p, q, eps, ignore_index)
 
 
 def _seesaw_backend(logits: Tensor, backend: Optional[str], inplace_grad: bool) -> str:
@@ -135,6 +149,9 @@ def count_labels(cum_samples: Tensor, labels: Tensor, labels_b: Optional[Tensor]
     On the device, without a host sync; both label sets are checked before the buffer changes.
     """
     V.float_tensor(cum_samples, "cum_samples", ndim=1)
+    if cum_samples.requires_grad and cum_samples.is_leaf and torch.is_grad_enabled():
+        raise ValueError("cum_samples is a leaf tensor that requires grad, which cannot be changed in place (as "
+                         "PyTorch's in-place ops refuse); keep the counts in a buffer without requires_grad")
     dev = cum_samples.device
     V.tensor(labels, "labels")
     if labels.dim() != 1:
@@ -197,6 +214,10 @@ def _loss_op(logits, labels, labels_b, lam_t, lam_value, label_weights, counts, 
         out = _ops.seesaw_loss_py(logits, labels, labels_b, lam_t, lam_value, label_weights, counts, p, q, eps,
                                   ignore_index, objectness, reduction, af_t, af, loss_weight, op_backend,
                                   fwd=_ops.SeesawInplace.apply)
+    elif _transformed():
+        out = _ops.seesaw_loss_py(logits, labels, labels_b, lam_t, lam_value, label_weights, counts, p, q, eps,
+                                  ignore_index, objectness, reduction, af_t, af, loss_weight, op_backend,
+                                  fwd=_composite_fwd)
     else:
         # pybind11 entry for plain eager tensors; torch.ops (which honours __torch_function__ of
         # tensor subclasses and is what torch.compile traces) otherwise
@@ -294,6 +315,8 @@ def _mixed_cross_entropy(logits, labels_a, labels_b, lam, label_weights, ignore_
     _flag(inplace_grad, "inplace_grad")
     if not isinstance(ignore_index, int) or isinstance(ignore_index, bool):
         raise TypeError(f"ignore_index must be an int, got {type(ignore_index).__name__}")
+    if not -2 ** 63 <= ignore_index < 2 ** 63:
+        raise ValueError(f"ignore_index must fit in int64 (labels are int64), got {ignore_index}")
     n, c = logits.shape
     dev = logits.device
     V.index_tensor(labels_a, names[0], n, dev)
@@ -434,6 +457,13 @@ def mix_images(images: Tensor, lam, index: Tensor, *, boxes: Optional[Tensor] = 
     per_channel = [_per_channel(v, name, images.shape[1], dev, om) for name, v in (("mean", mean), ("std", std))]
     boxes = _boxes_arg(boxes, images)
     name = _backend.resolve("mix_images", backend, dev)
+    if _transformed():  # the op's value checks, then its maths as plain differentiable ops
+        V.in_unit_interval(lam, "lam")
+        V.labels_in_range(index, "index", b)
+        if boxes is not None:
+            V.boxes_in_image(boxes, "boxes", images.shape[-2], images.shape[-1])
+        return _reference.mix_images(images, lam, index.long(), boxes, per_channel[0], per_channel[1], scale,
+                                     _ops.mix_out_dtype(images.dtype, out_dtype))
     return _ops.mix_images(images, lam, index.long().contiguous(), boxes, per_channel[0], per_channel[1],
                            scale, out_dtype, name)
 
@@ -486,7 +516,9 @@ def lossmix_reduce(loss_a: Tensor, loss_b: Tensor, lam, *, weights: Optional[Ten
                              f"shape {tuple(loss_a.shape)}")
     lam_t, lam_value = _lam_args(lam, loss_a.shape[0], loss_a.device, check_values=False)  # the op checks λ
     af_t, af = _avg_factor_args(avg_factor)
-    return _ops.lossmix_reduce(loss_a, loss_b, lam_t, lam_value, weights, reduction, af_t, af)
+    # under torch.func transforms the same maths in Python ops, which have batching rules
+    op = _ops.lossmix_reduce_py if _transformed() else _ops.lossmix_reduce
+    return op(loss_a, loss_b, lam_t, lam_value, weights, reduction, af_t, af)
 
 
 _PAIRINGS = ("random", "flip", "roll", "pairs")

@@ -86,6 +86,10 @@ def test_nvcc_compiles(objects, src):
 # spill stores and loads per function of that kernel template on that architecture. Every other
 # kernel and architecture must not spill.
 KNOWN_SPILLS: dict = {}  # none at present
+# Stack frames above 32 B, by kernel: the value-check kernel (check.cu, one thread, launched once
+# per check) prints its message, a 256-byte kernel parameter that printf can read only from a
+# copy on the stack. No data-path kernel is allowed one.
+KNOWN_STACK = {"assert_kernel": 264}
 
 
 def _ptxas_usage(log):
@@ -119,7 +123,7 @@ def test_ptxas_spill_figures(objects, src):
         assert stores <= limit[0] and loads <= limit[1], (
             f"{kernel} on {arch} spills {stores} B stores / {loads} B loads (allowed {limit}); "
             "fix it or state it in KNOWN_SPILLS and the README")
-        assert stack <= 32, f"{kernel} on {arch} uses a {stack}-byte stack frame"
+        assert stack <= KNOWN_STACK.get(kernel, 32), f"{kernel} on {arch} uses a {stack}-byte stack frame"
     spilled = sorted({(k, a, st, ld) for k, a, _, st, ld in rows if st or ld})
     print(f"{os.path.basename(src)}: spilling instances {spilled or 'none'}")
 
@@ -140,7 +144,8 @@ def test_no_spills(objects, src):
     known = {k for k, _ in KNOWN_SPILLS}
     for name, reg, stack, _shared, local in usage:
         assert int(local) == 0 or any(k in name for k in known), f"{name} spills to local memory ({local} bytes)"
-        assert int(stack) <= 32, f"{name} uses a {stack}-byte stack frame"
+        allowed = max([v for k, v in KNOWN_STACK.items() if k in name] + [32])
+        assert int(stack) <= allowed, f"{name} uses a {stack}-byte stack frame"
         assert int(reg) <= 128, f"{name} uses {reg} registers"
 
 
@@ -269,11 +274,7 @@ def test_cuda_glue_compiles_against_the_cuda_build_headers():
     headers of this torch version, fetched from the wheel PyPI serves for Linux (range requests,
     a few hundred KB, cached outside the repository by tools/cuda_torch_headers.py). Skipped,
     saying why, when they cannot be downloaded; the next test still covers the glue offline."""
-    import importlib.util
-    spec = importlib.util.spec_from_file_location("cuda_torch_headers", os.path.join(ROOT, "tools",
-                                                                                   "cuda_torch_headers.py"))
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
+    mod = _headers_tool()
     try:
         inc = mod.fetch(timeout=60)
     except (mod.FetchError, OSError) as exc:
@@ -304,25 +305,34 @@ def test_setup_finds_the_toolkit_behind_a_wrapper_nvcc(monkeypatch):
     assert os.path.normpath(home) != "/usr/local"
 
 
-# The oldest torch the device check targets (a GPU machine with torch 2.11 + CUDA 13).
+# The oldest torch the device check targets (a GPU machine with torch 2.11 + CUDA 13), and the
+# newest release on PyPI (what a GPU user's `pip install "torch>=2.5"` resolves to; 2.15.0 when
+# this was written), resolved when the test runs.
 OLDEST_TORCH = "2.11.0"
 
 
-def test_sources_compile_against_the_oldest_supported_torch():
-    """Every C++ source of the extension (the CUDA branch included) against the headers of the
-    CUDA build of torch 2.11, fetched from its wheel (range requests, cached outside the repo):
-    the C++ APIs the extension uses exist there too. Syntax-only; skipped, saying why, when the
-    headers cannot be downloaded."""
+def _headers_tool():
     import importlib.util
-    import sysconfig
     spec = importlib.util.spec_from_file_location("cuda_torch_headers", os.path.join(ROOT, "tools",
                                                                                    "cuda_torch_headers.py"))
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
+    return mod
+
+
+@pytest.mark.parametrize("which", ["oldest", "newest"])
+def test_sources_compile_against_other_torch_releases(which):
+    """Every C++ source of the extension (the CUDA branch included) against the headers of the
+    CUDA build of torch 2.11 and of the newest torch release on PyPI, fetched from their wheels
+    (range requests, cached outside the repo): the C++ APIs the extension uses exist there too.
+    Syntax-only; skipped, saying why, when the headers cannot be downloaded."""
+    import sysconfig
+    mod = _headers_tool()
     try:
-        inc = mod.fetch(OLDEST_TORCH, timeout=120, prefixes=("torch/include/",))
+        version = OLDEST_TORCH if which == "oldest" else mod.newest_version(timeout=60)
+        inc = mod.fetch(version, timeout=120, prefixes=("torch/include/",))
     except (mod.FetchError, OSError) as exc:
-        pytest.skip(f"torch {OLDEST_TORCH}'s headers could not be fetched ({type(exc).__name__}: {exc})")
+        pytest.skip(f"torch's {which} release's headers could not be fetched ({type(exc).__name__}: {exc})")
     cxx = os.environ.get("CXX", "c++").split()[0]
     cuda_inc = _cuda_include()
     if shutil.which(cxx) is None or cuda_inc is None:
@@ -337,7 +347,20 @@ def test_sources_compile_against_the_oldest_supported_torch():
                               text=True) for src in srcs]
     for src, p in zip(srcs, procs):
         _, err = p.communicate(timeout=900)
-        assert p.returncode == 0, f"{os.path.relpath(src, CSRC)} against torch {OLDEST_TORCH}:\n{err[-4000:]}"
+        assert p.returncode == 0, f"{os.path.relpath(src, CSRC)} against torch {version}:\n{err[-4000:]}"
+    print(f"compiled {len(srcs)} sources against torch {version}")
+
+
+def test_newest_release_is_read_from_the_index(monkeypatch):
+    """The "newest" release is the highest version with a wheel for this Python on Linux x86_64,
+    compared as numbers (2.10 after 2.9), pre-releases and other platforms ignored."""
+    mod = _headers_tool()
+    py = f"cp{sys.version_info.major}{sys.version_info.minor}"
+    html = "".join(f'<a href="https://x/torch-{v}-{py}-{py}-{plat}.whl#sha256=0">f</a>' for v, plat in [
+        ("2.9.1", "manylinux_2_28_x86_64"), ("2.10.0", "manylinux_2_28_x86_64"), ("2.11.0", "manylinux_2_28_aarch64"),
+        ("2.11.0rc1", "manylinux_2_28_x86_64"), ("2.10.1", "win_amd64")])
+    monkeypatch.setattr(mod, "_get", lambda url, rng=None, timeout=60: html.encode())
+    assert mod.newest_version() == "2.10.0"
 
 
 @pytest.mark.parametrize("failure", ["compile", "toolkit_mismatch", "none"])
@@ -411,3 +434,70 @@ def test_setup_keeps_build_objects_between_installs(monkeypatch):
     assert os.path.basename(got).startswith("objects-" + sys.implementation.cache_tag)
     monkeypatch.setenv("LOSSMIX_EXT_FRESH_BUILD", "1")
     assert build_temp() == "/tmp/pip-build-xyz/temp"
+
+
+def test_setup_force_cuda_without_torch_is_an_error(tmp_path):
+    """FORCE_CUDA=1 (or LOSSMIX_EXT_REQUIRE_NATIVE=1) is not silently ignored when torch does not
+    import at build time (pip's build isolation): the build fails saying why. Without them the
+    package installs without the extension, as documented."""
+    from hiding import bare_env
+    code = ("import importlib.util; s = importlib.util.spec_from_file_location('s', 'setup.py'); "
+            "m = importlib.util.module_from_spec(s); s.loader.exec_module(m); print('->', m.native_extensions())")
+    for var in ("FORCE_CUDA", "LOSSMIX_EXT_REQUIRE_NATIVE", None):
+        env = bare_env(tmp_path, modules=("torch",), executables=())
+        env.pop("FORCE_CUDA", None)
+        env.pop("LOSSMIX_EXT_REQUIRE_NATIVE", None)
+        if var:
+            env[var] = "1"
+        p = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True,
+                           timeout=300)
+        if var:
+            assert p.returncode != 0, p.stdout
+            assert f"{var}=1 but torch is not importable" in p.stderr, p.stderr[-2000:]
+        else:
+            assert p.returncode == 0 and "-> ([], {})" in p.stdout, p.stdout + p.stderr
+            assert "torch is not importable" in p.stderr
+
+
+def test_setup_compiles_in_parallel_without_ninja():
+    """Without ninja, setup.py still compiles on every core: the C++ sources run MAX_JOBS at a
+    time, then the CUDA sources one at a time (torch's per-source wrapper swaps the compiler
+    executable on a shared object), each source once, and a compile error still fails the build."""
+    import threading
+    import time
+    mod = _load_setup()
+
+    class FakeCompiler:
+        def __init__(self, fail=None):
+            self.lock, self.active, self.peak, self.done, self.fail = threading.Lock(), [], 0, [], fail
+
+        def _setup_compile(self, output_dir, macros, include_dirs, sources, depends, extra_postargs):
+            build = {s + ".o": (s, os.path.splitext(s)[1]) for s in sources}
+            return macros, list(build), extra_postargs, [], build
+
+        def _get_cc_args(self, pp_opts, debug, before):
+            return []
+
+        def _compile(self, obj, src, ext, cc_args, extra_postargs, pp_opts):
+            with self.lock:
+                assert not any(a.endswith(".cu") for a in self.active), f"{src} beside a CUDA compile"
+                assert ext != ".cu" or not self.active, f"{src} beside {self.active}"
+                self.active.append(src)
+                self.peak = max(self.peak, len(self.active))
+            time.sleep(0.2)
+            with self.lock:
+                self.active.remove(src)
+                self.done.append(src)
+            if src == self.fail:
+                raise RuntimeError(f"error compiling {src}")
+
+    sources = ["a.cpp", "b.cpp", "x.cu", "c.cpp", "d.cpp", "y.cu", "e.cpp"]
+    comp = FakeCompiler()
+    mod._compile_in_parallel(comp, 4)
+    assert comp.compile(sources) == [s + ".o" for s in sources]
+    assert sorted(comp.done) == sorted(sources) and comp.peak == 4
+    assert comp.done[-2:] == ["x.cu", "y.cu"]
+    comp = FakeCompiler(fail="c.cpp")
+    mod._compile_in_parallel(comp, 4)
+    with pytest.raises(RuntimeError, match="c.cpp"):
+        comp.compile(sources)

@@ -38,8 +38,12 @@ from typing import Optional
 
 import pytest
 import torch
-from hypothesis import HealthCheck, event, given, note, settings
-from hypothesis import strategies as st
+
+# hypothesis is a test extra, not a dependency: without it this module is skipped (saying why)
+# instead of stopping the collection of every other test (a GPU machine's `pytest -m gpu`).
+pytest.importorskip("hypothesis", reason="the property-based tests need hypothesis (pip install hypothesis)")
+from hypothesis import HealthCheck, event, given, note, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
 
 import lossmix_ext as L
 from lossmix_ext import _backend

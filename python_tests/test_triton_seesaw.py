@@ -345,6 +345,17 @@ def test_bwd_kernel(ct, obj, dtype):
     torch.testing.assert_close(got, (grad.float() * 0.25).to(dtype), rtol=0, atol=0)
 
 
+def test_bwd_grid_holds_any_width():
+    """The backward's programs lie on one grid axis (up to 2^31 - 1 of them): the second and third
+    axes stop at 65535, i.e. 16.7M columns of 256-wide tiles. Its (row block, column block)
+    decomposition is exercised above (1205 columns: 5 column blocks, 3 row blocks)."""
+    from lossmix_ext.backends.triton import seesaw as TS
+    for n, ct in [(1, 1), (37, 1205), (3, 2 ** 24 + 5), (2 ** 20, 1205), (1, 2 ** 30)]:
+        launch = TS._bwd_launch(ct)
+        (programs,) = TS._bwd_grid(n, ct, launch)
+        assert programs == -(-n // launch.rows) * -(-ct // launch.block_c) < 2 ** 31
+
+
 def test_float64_routes_to_torch_kernel():
     labels, w, ow, counts, ign = make_case(5, 6, 2, True, None)
     x = torch.randn(5, 8, dtype=torch.float64, device=DEV)

@@ -112,6 +112,30 @@ def test_validation_modes():
         L.set_validation("strict")
 
 
+def test_count_updates_skip_out_of_range_labels_without_validation():
+    """With the value checks off nothing is checked, and a label outside the counts buffer is
+    skipped by every count update (never an out-of-bounds write, never an IndexError from deep
+    inside): the public functions (C++ ops with the extension) and the Python twins of the ops
+    (builds without it) alike."""
+    from lossmix_ext import _ops
+    bad = torch.tensor([0, 7, -3, 2, 3, 99, -1])
+    want = torch.tensor([1.0, 0.0, 1.0, 1.0])  # 0, 2 and 3 are inside [0, 4)
+    with L.validation("off"):
+        torch.testing.assert_close(L.count_labels(torch.zeros(4), bad), want)
+        module = L.SeesawLoss(num_classes=3)
+        out = module(torch.randn(7, 5), bad, labels_b=bad.flip(0), lam=0.5)
+        torch.testing.assert_close(module.cum_samples, 2 * want)
+        assert all(torch.isfinite(v) for v in out.values())
+        counts = torch.zeros(4)
+        _ops._count_labels_impl(counts, bad)
+        torch.testing.assert_close(counts, want)
+        counts = torch.zeros(4)
+        _ops._seesaw_count_impl(counts, bad, bad.flip(0), True)
+        torch.testing.assert_close(counts, 2 * want)
+    with pytest.raises(ValueError, match=r"labels must lie in \[0, 3\]"):  # checked again once the mode is back
+        L.count_labels(torch.zeros(4), bad)
+
+
 def test_value_checks_inside_compiled_graphs():
     f = torch.compile(lambda x, a, lam: L.mixed_cross_entropy(x, a, a, lam, backend="torch"), fullgraph=True)
     x, a = torch.randn(3, 4), torch.tensor([0, 1, 2])

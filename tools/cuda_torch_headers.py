@@ -4,7 +4,11 @@ members under ``torch/include/{c10/cuda,ATen/cuda,c10/macros}`` (a few hundred K
 wheel). CI compiles the CUDA torch glue against them (``python_tests/test_nvcc.py``) on machines
 whose torch is the CPU wheel::
 
-    python tools/cuda_torch_headers.py [--version 2.13.0] [--dest DIR]   # prints the include folder
+    python tools/cuda_torch_headers.py [--version 2.13.0 | newest] [--all] [--dest DIR]   # prints the include folder
+
+``--version newest`` takes the newest release on the index (what ``pip install "torch>=2.5"``
+gives a GPU user today); ``--all`` fetches every header (to compile the whole extension against
+that version) instead of the CUDA-specific ones.
 
 The Linux x86_64 wheel that PyPI serves by default is torch's CUDA build. The result is cached
 (``$LOSSMIX_EXT_CACHE`` or ``~/.cache/lossmix_ext``); a second call reads nothing from the network.
@@ -34,6 +38,22 @@ def _get(url: str, rng: Optional[str] = None, timeout: float = 60) -> bytes:
         if rng and r.status != 206:
             raise FetchError(f"{url}: the server ignored the byte range (status {r.status})")
         return r.read()
+
+
+def _release_key(version: str) -> Tuple[int, ...]:
+    return tuple(int(p) for p in version.split("."))
+
+
+def newest_version(timeout: float = 60) -> str:
+    """The newest torch release with a Linux x86_64 wheel for this Python on the index (what a GPU
+    user's ``pip install "torch>=2.5"`` resolves to); pre-releases and local versions are not
+    releases."""
+    py = f"cp{sys.version_info.major}{sys.version_info.minor}"
+    html = _get(INDEX, timeout=timeout).decode("utf-8", "replace")
+    found = set(re.findall(r"torch-(\d+\.\d+\.\d+)-" + py + "-" + py + r"-manylinux[^\"#<]*x86_64\.whl", html))
+    if not found:
+        raise FetchError(f"no torch release for {py} manylinux x86_64 on {INDEX}")
+    return max(found, key=_release_key)
 
 
 def wheel_url(version: str, timeout: float = 60) -> str:
@@ -91,6 +111,8 @@ def fetch(version: Optional[str] = None, dest: Optional[str] = None, timeout: fl
     if version is None:
         import torch
         version = torch.__version__.split("+")[0]
+    elif version == "newest":
+        version = newest_version(timeout)
     tag = "cuda-headers" if prefixes == PREFIXES else "all-headers"
     root = dest or os.path.join(os.environ.get("LOSSMIX_EXT_CACHE", os.path.expanduser("~/.cache/lossmix_ext")),
                                 f"torch-{version}-{tag}")
@@ -135,7 +157,7 @@ def fetch(version: Optional[str] = None, dest: Optional[str] = None, timeout: fl
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--version")
+    ap.add_argument("--version", help="a release (default: the installed torch's), or 'newest'")
     ap.add_argument("--dest")
     ap.add_argument("--all", action="store_true", help="every header of the wheel (to compile against another torch)")
     args = ap.parse_args(argv)

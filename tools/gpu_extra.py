@@ -136,24 +136,53 @@ def c_wide_sample():
         torch.cuda.empty_cache() if dev().type == "cuda" else None
 
 
+def view_loss_and_grad(base, view, y, counts, backend, **kw):
+    """Loss and gradient for the strided / offset ``view(base)`` itself (no copy: the kernel reads
+    the misaligned memory), the gradient read back through the leaf ``base``."""
+    base = base.detach().clone().requires_grad_(True)
+    x = view(base)
+    loss = L.seesaw_loss(x, y, counts, backend=backend, **kw)
+    loss.sum().backward()
+    sync()
+    return loss.detach(), view(base.grad)
+
+
 def c_misaligned():
-    """Logits at odd offsets and row strides (no 16-byte alignment), every dtype, vs torch."""
+    """Logits at odd element offsets with odd row strides (no 16-byte alignment: the views are
+    passed to the kernels as they are), every dtype, vs the torch backend on an aligned copy;
+    likewise an image batch starting one element into its storage."""
     dtypes = [torch.float32] + ([torch.float16, torch.bfloat16] if dev().type == "cuda" else [])
     for be in backends("seesaw_fwd"):
         errs = []
         for dtype in dtypes:
             for c in (3, 81, 1203, 4099):
                 base = torch.randn(37, c + 5, device=dev(), dtype=dtype)
-                x = base[:, 1:c + 1]  # offset 1 element, row stride c + 5
+                view = lambda t: t[:, 1:c + 1]  # noqa: E731  offset 1 element, row stride c + 5
+                assert view(base).data_ptr() % 16 != 0 and not view(base).is_contiguous()
                 y = torch.randint(0, c, (37,), device=dev())
                 counts = torch.rand(c, device=dev()) * 50
-                got = loss_and_grad(x, y, counts, be)
-                want = loss_and_grad(x.float(), y, counts, "torch")
+                got = view_loss_and_grad(base, view, y, counts, be)
+                want = loss_and_grad(view(base).float(), y, counts, "torch")
                 rtol, atol = tolerances(dtype)
                 e = close(got[0].float(), want[0], rtol, atol) or close(got[1].float(), want[1], rtol, atol)
                 if e:
                     errs.append(f"{dtype} C={c}: {e}")
         report("misaligned", be, "PASS" if not errs else "FAIL", "; ".join(errs)[:300])
+    from lossmix_ext import _reference as R
+    for be in backends("mix_images"):
+        errs = []
+        for dtype in dtypes:
+            storage = torch.randn(6 * 3 * 9 * 11 + 1, device=dev(), dtype=dtype)
+            x = storage[1:].view(6, 3, 9, 11)  # contiguous, one element past an aligned start
+            assert x.data_ptr() % 16 != 0
+            lam, idx = torch.rand(6, device=dev()), torch.tensor([5, 0, 0, 3, 1, 2], device=dev())
+            out = L.mix_images(x, lam, idx, backend=be)
+            want = R.mix_images(x.double().cpu(), lam.double().cpu(), idx.cpu())
+            rtol, atol = tolerances(dtype)
+            e = close(out.double().cpu(), want, rtol, atol)
+            if e:
+                errs.append(f"mix {dtype}: {e}")
+        report("misaligned", f"{be}/mix", "PASS" if not errs else "FAIL", "; ".join(errs)[:300])
 
 
 def c_determinism():
@@ -219,23 +248,87 @@ def c_graphs():
             report("graphs", be, "FAIL", f"{type(exc).__name__}: {str(exc)[:200]}")
 
 
-def c_assert_poison():
-    """A bad label on CUDA in the default mode is a device-side assert (documented); in "sync"
-    mode it is a ValueError and the context stays usable."""
+def c_validation_modes():
+    """The three value-check modes on the device: "sync" raises ValueError and leaves the context
+    usable; "off" checks nothing, and an out-of-range label is skipped, not read or written out
+    of bounds: the count update ignores it, its row has no class loss and a zero class gradient,
+    and the context stays usable."""
     for be in backends("seesaw_fwd"):
         x = torch.randn(4, 5, device=dev())
         with L.validation("sync"):
             try:
                 L.seesaw_loss(x, torch.tensor([0, 1, 9, 2], device=dev()), torch.ones(5, device=dev()), backend=be)
-                report("assert_poison", be, "FAIL", "no error for a label out of range")
+                report("validation_modes", be, "FAIL", "sync: no error for a label out of range")
                 continue
             except ValueError:
                 pass
         try:
             loss_and_grad(x, torch.tensor([0, 1, 2, 3], device=dev()), torch.ones(5, device=dev()), be)
-            report("assert_poison", be, "PASS", "sync mode raised ValueError, context still usable")
         except Exception as exc:
-            report("assert_poison", be, "FAIL", f"context broken: {exc}"[:200])
+            report("validation_modes", be, "FAIL", f"sync: context broken: {exc}"[:200])
+            continue
+        errs = []
+        with L.validation("off"):
+            try:
+                bad = torch.tensor([0, 7, -3, 2, 3, 99], device=dev())
+                m = L.SeesawLoss(num_classes=3, backend=be).to(dev())
+                xs = torch.randn(6, 5, device=dev(), requires_grad=True)
+                d = m(xs, bad)
+                (d["loss_cls_objectness"] + d["loss_cls_classes"]).backward()
+                counts = L.count_labels(torch.zeros(4, device=dev()), bad)
+                sync()
+                if m.cum_samples.tolist() != [1.0, 0.0, 1.0, 1.0]:  # labels 0, 2 and 3 (background) counted
+                    errs.append(f"module counts {m.cum_samples.tolist()}")
+                if counts.tolist() != [1.0, 0.0, 1.0, 1.0]:
+                    errs.append(f"count_labels {counts.tolist()}")
+                if not all(torch.isfinite(v).all() for v in d.values()) or not torch.isfinite(xs.grad).all():
+                    errs.append("non-finite loss or gradient")
+                x6 = torch.randn(6, 5, device=dev(), requires_grad=True)
+                rows = L.seesaw_loss(x6, bad, torch.ones(5, device=dev()), backend=be, reduction="none")
+                rows.sum().backward()
+                sync()
+                skipped = (bad < 0) | (bad >= 5)
+                if rows[skipped].abs().sum() != 0 or x6.grad[skipped].abs().sum() != 0:
+                    errs.append("a row with an out-of-range label has a loss or a gradient")
+                if not torch.isfinite(rows).all() or not torch.isfinite(x6.grad).all():
+                    errs.append("non-finite rows")
+            except Exception as exc:
+                errs.append(f"{type(exc).__name__}: {exc}"[:200])
+        try:
+            loss_and_grad(x, torch.tensor([0, 1, 2, 3], device=dev()), torch.ones(5, device=dev()), be)
+        except Exception as exc:
+            errs.append(f"off: context broken: {exc}"[:200])
+        report("validation_modes", be, "PASS" if not errs else "FAIL", "; ".join(errs)[:300])
+
+
+ASSERT_CHILD = r"""
+import sys, torch, lossmix_ext as L
+dev, be = sys.argv[1], sys.argv[2]
+try:
+    L.seesaw_loss(torch.randn(4, 5, device=dev), torch.tensor([0, 1, 9, 2], device=dev), torch.ones(5, device=dev),
+                  backend=be)
+    if dev == "cuda":
+        torch.cuda.synchronize()
+except Exception as exc:
+    print("RAISED", type(exc).__name__, exc)
+"""
+
+
+def c_assert_message():
+    """A bad label on the device in the default ("auto") mode: the device-side assert (which ends
+    the process's CUDA context, hence a child process) prints the check's own message, naming
+    the argument and its range, not only "device-side assert triggered"."""
+    import subprocess
+    want = "labels must lie in [0, 4]"
+    for be in backends("seesaw_fwd"):
+        p = subprocess.run([sys.executable, "-c", ASSERT_CHILD, ARGS.device, be], capture_output=True, text=True,
+                           timeout=120, cwd=ROOT, env=dict(os.environ, PYTHONPATH=ROOT))
+        text = p.stdout + p.stderr
+        if dev().type != "cuda":  # CPU tensors: a synchronous ValueError with the message
+            ok = "RAISED ValueError" in text and want in text
+        else:
+            ok = want in text and ("device-side assert" in text or "RAISED" in text)
+        report("assert_message", be, "PASS" if ok else "FAIL", "" if ok else text.strip()[-300:])
 
 
 def c_sanitize_small():

@@ -14,7 +14,9 @@
 #include <ATen/core/dispatch/Dispatcher.h>
 #include <c10/core/impl/LocalDispatchKeySet.h>
 #include <torch/csrc/autograd/custom_function.h>
+#include <torch/csrc/autograd/function.h>
 #include <torch/csrc/autograd/graph_task.h>
+#include <torch/csrc/autograd/variable.h>
 #include <torch/library.h>
 
 #include "ops.h"
@@ -65,16 +67,23 @@ bool may_reuse(const Tensor& grad) {
 }
 
 // The saved gradient of a forward (seesaw_fwd, seesaw_loss) and the backward that scales it.
-void save_grad(AutogradContext* ctx, const Tensor& grad, bool has_obj, const std::string& op, const std::string& backend) {
+// `logits` (defined) is kept too, as a saved tensor (seen by saved-tensor hooks such as
+// save_on_cpu): the double backward of two label sets with Seesaw factors needs it.
+void save_grad(AutogradContext* ctx, const Tensor& grad, bool has_obj, const std::string& op, const std::string& backend,
+               const Tensor& logits) {
   ctx->set_materialize_grads(false);  // the unused grad output would otherwise get an N×C zero tensor
   ctx->saved_data["has_obj"] = has_obj;
   ctx->saved_data["backend"] = backend;
   ctx->saved_data["op"] = op;
+  ctx->saved_data["keeps_logits"] = logits.defined();
   const bool alias = may_reuse(grad);
   ctx->saved_data["alias"] = alias;
   if (alias) {
     ctx->saved_data["grad"] = grad.detach();
     ctx->saved_data["version"] = static_cast<int64_t>(grad._version());
+    if (logits.defined()) ctx->save_for_backward({logits});
+  } else if (logits.defined()) {
+    ctx->save_for_backward({grad, logits});
   } else {
     ctx->save_for_backward({grad});
   }
@@ -87,25 +96,98 @@ Tensor row_factors(const Tensor& g, const c10::SymInt& n, const at::TensorOption
   return g.dim() == 0 ? g.expand_symint({n}) : g;
 }
 
-Tensor scale_saved_grad(AutogradContext* ctx, const variable_list& grads) {
+c10::IValue opt(const optional<Tensor>& t) { return t.has_value() ? c10::IValue(*t) : c10::IValue(); }
+optional<Tensor> opt_tensor(const c10::IValue& v) { return v.isTensor() ? optional<Tensor>(v.toTensor()) : c10::nullopt; }
+
+// What the double backward needs besides the saved gradient (all of it small): the label sets,
+// the per-set weights and the Seesaw parameters; and, for two label sets with Seesaw factors
+// (whose adjusted softmaxes differ per set, so that the summed gradient does not give them), a
+// reference to the logits.
+struct SecondOrder {
+  Tensor labels, weights;
+  optional<Tensor> obj_weights, counts, logits;
+  double p, q, eps;
+  optional<int64_t> ignore_index;
+};
+
+bool keeps_logits(const Tensor& logits, int64_t sets, const optional<Tensor>& counts, double p, double q) {
+  return sets == 2 && ((p > 0 && counts.has_value()) || q > 0) && logits.requires_grad();
+}
+
+void save_seesaw_params(AutogradContext* ctx, const optional<Tensor>& counts, double p, double q, double eps,
+                        optional<int64_t> ignore_index) {
+  ctx->saved_data["counts"] = opt(counts);
+  ctx->saved_data["p"] = p;
+  ctx->saved_data["q"] = q;
+  ctx->saved_data["eps"] = eps;
+  ctx->saved_data["ignore_index"] = ignore_index.has_value() ? c10::IValue(*ignore_index) : c10::IValue();
+}
+
+void load_seesaw_params(AutogradContext* ctx, SecondOrder* so) {
+  so->counts = opt_tensor(ctx->saved_data["counts"]);
+  so->p = ctx->saved_data["p"].toDouble();
+  so->q = ctx->saved_data["q"].toDouble();
+  so->eps = ctx->saved_data["eps"].toDouble();
+  const c10::IValue& ig = ctx->saved_data["ignore_index"];
+  so->ignore_index = ig.isInt() ? optional<int64_t>(ig.toInt()) : c10::nullopt;
+  if (ctx->saved_data["keeps_logits"].toBool()) {
+    const variable_list saved = ctx->get_saved_variables();
+    so->logits = saved.back();
+  }
+}
+
+// The saved gradient, checked as a saved tensor is (freed, modified in place).
+Tensor saved_grad(AutogradContext* ctx, bool alias) {
+  if (!alias) return ctx->get_saved_variables()[0];
+  const c10::IValue& saved = ctx->saved_data["grad"];
+  TORCH_CHECK(saved.isTensor(),
+              "Trying to backward through the graph a second time (the Seesaw gradient saved in the forward "
+              "has been freed or reused). Specify retain_graph=True if you need to backward through the graph "
+              "a second time.");
+  Tensor grad = saved.toTensor();
+  const int64_t want = ctx->saved_data["version"].toInt();
+  TORCH_CHECK(static_cast<int64_t>(grad._version()) == want,
+              "one of the variables needed for gradient computation has been modified by an inplace operation: "
+              "the gradient output of lossmix_ext::", ctx->saved_data["op"].toStringRef(), " is at version ",
+              grad._version(), "; expected version ", want, " instead.");
+  return grad;
+}
+
+// The backward when it is itself differentiated (create_graph=True: grad mode is on) or when the
+// gradient output of the op receives a gradient (the second backward of such a graph). The
+// gradient G = d(loss)/d(logits) is an output of this node, so the result is written in terms of
+// G *with its history* (this node's output 2): dx = G · (upstream factors) + H·v, where v is the
+// gradient arriving at G and H·v the Hessian-vector product d(G·v)/d(logits), computed in Python
+// (lossmix_ext._ops.seesaw_second_order) from G itself (or the logits, for two label sets with
+// Seesaw factors) with differentiable ops, so that every further order is right too.
+Tensor differentiable_backward(AutogradContext* ctx, const variable_list& grads, const Tensor& grad, bool alias,
+                               const SecondOrder& so) {
+  Tensor g = grad;
+  if (alias) {  // the detached alias: give it back its history, output 2 of the node running now
+    auto node = torch::autograd::get_current_node();
+    TORCH_CHECK(node != nullptr, "lossmix_ext: the Seesaw double backward runs outside a backward pass");
+    g = torch::autograd::make_variable(grad, torch::autograd::Edge(node, 2));
+  }
+  const bool has_obj = ctx->saved_data["has_obj"].toBool();
+  auto defined = [&](size_t i) { return i < grads.size() && grads[i].defined() ? optional<Tensor>(grads[i])
+                                                                                  : optional<Tensor>(); };
+  return seesaw_second_order(g, defined(0), has_obj ? defined(1) : optional<Tensor>(), defined(2), so.labels,
+                             so.weights, so.obj_weights, so.counts, so.p, so.q, so.eps, so.ignore_index, so.logits,
+                             has_obj, ctx->saved_data["backend"].toStringRef());
+}
+
+template <class Load>
+Tensor scale_saved_grad(AutogradContext* ctx, const variable_list& grads, Load&& load_second_order) {
   const bool alias = ctx->saved_data["alias"].toBool();
   const bool has_obj = ctx->saved_data["has_obj"].toBool();
   const std::string backend = ctx->saved_data["backend"].toStringRef();
-  Tensor grad;
-  if (alias) {
-    const c10::IValue& saved = ctx->saved_data["grad"];
-    TORCH_CHECK(saved.isTensor(),
-                "Trying to backward through the graph a second time (the Seesaw gradient saved in the forward "
-                "has been freed or reused). Specify retain_graph=True if you need to backward through the graph "
-                "a second time.");
-    grad = saved.toTensor();
-    const int64_t want = ctx->saved_data["version"].toInt();
-    TORCH_CHECK(static_cast<int64_t>(grad._version()) == want,
-                "one of the variables needed for gradient computation has been modified by an inplace operation: "
-                "the gradient output of lossmix_ext::", ctx->saved_data["op"].toStringRef(), " is at version ",
-                grad._version(), "; expected version ", want, " instead.");
-  } else {
-    grad = ctx->get_saved_variables()[0];
+  Tensor grad = saved_grad(ctx, alias);
+  if (at::GradMode::is_enabled() || (grads.size() > 2 && grads[2].defined())) {
+    SecondOrder so;
+    load_second_order(ctx, grad, &so);
+    Tensor out = differentiable_backward(ctx, grads, grad, alias, so);
+    if (alias && !torch::autograd::get_current_graph_task_keep_graph()) ctx->saved_data["grad"] = c10::IValue();
+    return out;
   }
   const auto om = grad.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
   const c10::SymInt n = grad.sym_size(0);  // symbolic while tracing with dynamic shapes
@@ -133,13 +215,23 @@ class SeesawFwd : public torch::autograd::Function<SeesawFwd> {
       std::tie(loss, obj, grad) =
           fwd_op().call(logits, labels, weights, obj_weights, counts, p, q, eps, ignore_index, backend);
     }
-    save_grad(ctx, grad, obj_weights.has_value(), "seesaw_fwd", backend);
+    const bool keep = keeps_logits(logits, labels.dim() == 2 && labels.sym_size(0) == 2 ? 2 : 1, counts, p, q);
+    save_grad(ctx, grad, obj_weights.has_value(), "seesaw_fwd", backend, keep ? logits : Tensor());
+    ctx->saved_data["labels"] = labels;
+    ctx->saved_data["weights"] = weights;
+    ctx->saved_data["obj_weights"] = opt(obj_weights);
+    save_seesaw_params(ctx, counts, p, q, eps, ignore_index);
     return {loss, obj, grad};
   }
 
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
     variable_list out(10);
-    out[0] = scale_saved_grad(ctx, grads);
+    out[0] = scale_saved_grad(ctx, grads, [](AutogradContext* c, const Tensor&, SecondOrder* so) {
+      so->labels = c->saved_data["labels"].toTensor();
+      so->weights = c->saved_data["weights"].toTensor();
+      so->obj_weights = opt_tensor(c->saved_data["obj_weights"]);
+      load_seesaw_params(c, so);
+    });
     return out;
   }
 };
@@ -161,13 +253,46 @@ class SeesawLoss : public torch::autograd::Function<SeesawLoss> {
           loss_op().call(logits, labels, labels_b, lam, lam_value, label_weights, counts, p, q, eps, ignore_index,
                          objectness, reduction, avg_factor_t, avg_factor, loss_weight, backend);
     }
-    save_grad(ctx, grad, objectness, "seesaw_loss", backend);
+    const bool keep = keeps_logits(logits, labels_b.has_value() ? 2 : 1, counts, p, q);
+    save_grad(ctx, grad, objectness, "seesaw_loss", backend, keep ? logits : Tensor());
+    // the weights' inputs, to build them again if the backward is differentiated
+    ctx->saved_data["labels"] = labels;
+    ctx->saved_data["labels_b"] = opt(labels_b);
+    ctx->saved_data["lam"] = opt(lam);
+    ctx->saved_data["lam_value"] = lam_value;
+    ctx->saved_data["label_weights"] = opt(label_weights);
+    ctx->saved_data["objectness"] = objectness;
+    ctx->saved_data["reduction"] = reduction;
+    ctx->saved_data["avg_factor_t"] = opt(avg_factor_t);
+    ctx->saved_data["avg_factor"] = avg_factor.has_value() ? c10::IValue(*avg_factor) : c10::IValue();
+    ctx->saved_data["loss_weight"] = loss_weight;
+    // (no sizes read here: they may be symbolic while tracing; the double backward reads them)
+    save_seesaw_params(ctx, counts, p, q, eps, ignore_index);
     return {cls, obj, grad};
   }
 
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
     variable_list out(17);
-    out[0] = scale_saved_grad(ctx, grads);
+    out[0] = scale_saved_grad(ctx, grads, [](AutogradContext* c, const Tensor& grad, SecondOrder* so) {
+      auto& d = c->saved_data;
+      load_seesaw_params(c, so);
+      const c10::IValue& af = d["avg_factor"];
+      const bool objectness = d["objectness"].toBool();
+      const LossWeights w = build_loss_weights(
+          grad, d["labels"].toTensor(), opt_tensor(d["labels_b"]), opt_tensor(d["lam"]), d["lam_value"].toDouble(),
+          opt_tensor(d["label_weights"]), so->ignore_index, objectness, d["reduction"].toStringRef(),
+          opt_tensor(d["avg_factor_t"]), af.isDouble() ? optional<double>(af.toDouble()) : c10::nullopt,
+          d["loss_weight"].toDouble(), !tracing(d["labels"].toTensor()));
+      so->labels = w.labels;
+      so->weights = w.weights;
+      so->obj_weights = w.obj_weights;
+      // as seesaw_loss calls seesaw_fwd: C counts (SeesawLoss keeps C + 1), and with objectness the
+      // background label C is the rows without a class loss
+      const int64_t C = grad.size(1) - (objectness ? 2 : 0);
+      if (so->counts.has_value() && so->counts->dim() == 1 && so->counts->size(0) > C)
+        so->counts = so->counts->slice(0, 0, C);
+      if (objectness) so->ignore_index = C;
+    });
     return out;
   }
 };

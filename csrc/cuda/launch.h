@@ -103,6 +103,11 @@ int lmx_cuda_mix(const lmx_mix_args* args, void* stream);
 int lmx_cuda_mix_backward(const lmx_mix_bwd_args* args, void* stream);
 int lmx_cuda_mix_pairs(const lmx_mix_pairs_args* args, void* stream);
 
+/* A value check's device side (check.cu): when the device bool *bad is true, print `message`
+ * (at most LMX_ASSERT_MSG_MAX - 1 bytes are kept) and fail with a device-side assert. */
+#define LMX_ASSERT_MSG_MAX 256
+int lmx_cuda_assert_flag(const void* bad, const char* message, void* stream);
+
 #ifdef __cplusplus
 }
 #endif

@@ -29,7 +29,16 @@ int dtype_code(at::ScalarType t) {
 
 at::ScalarType opmath(at::ScalarType t) { return t == at::kDouble ? at::kDouble : at::kFloat; }
 
-void check_launch(int err, const char* what) {
+// Launch a kernel through its C launcher (`start` returns the launch's cudaError_t). An error
+// already pending before the launch belongs to an earlier operation: it is reported as such, not
+// as this kernel's launch failure (which the launcher's cudaGetLastError would otherwise make it).
+template <class Start>
+void launch(const char* what, Start&& start) {
+  const cudaError_t prior = cudaGetLastError();
+  TORCH_CHECK(prior == cudaSuccess, "a CUDA error of an earlier operation was pending when lossmix_ext was about to "
+              "launch ", what, ": ", cudaGetErrorString(prior), " (not this kernel's; CUDA_LAUNCH_BLOCKING=1 shows "
+              "which operation raised it)");
+  const int err = start();
   TORCH_CHECK(err == 0, "lossmix_ext CUDA kernel ", what, " failed to launch: ",
               cudaGetErrorString(static_cast<cudaError_t>(err)));
 }
@@ -144,7 +153,7 @@ std::tuple<Tensor, Tensor, Tensor> seesaw_fwd_impl(const Tensor& logits, const T
   a.p = p;
   a.q = q;
   a.log_eps = std::log(eps);
-  check_launch(lmx_cuda_seesaw_fwd(&a, current_stream()), "seesaw_fwd");
+  launch("seesaw_fwd", [&] { return lmx_cuda_seesaw_fwd(&a, current_stream()); });
   return {loss, obj_loss, grad};
 }
 }  // namespace
@@ -196,7 +205,7 @@ Tensor seesaw_bwd(const Tensor& grad, const Tensor& grad_loss, const c10::option
   a.C = C;
   a.CT = CT;
   a.dtype = dtype_code(grad.scalar_type());
-  check_launch(lmx_cuda_seesaw_bwd(&a, current_stream()), "seesaw_bwd");
+  launch("seesaw_bwd", [&] { return lmx_cuda_seesaw_bwd(&a, current_stream()); });
   if (!o.is_same(out)) out.copy_(o);
   return out;
 }
@@ -240,7 +249,7 @@ Tensor mix_images(const Tensor& images, const Tensor& lam, const Tensor& index, 
   a.mean = ptr_or_null(mean_c);
   a.stdv = ptr_or_null(std_c);
   a.scale = scale;
-  check_launch(lmx_cuda_mix(&a, current_stream()), "mix_images");
+  launch("mix_images", [&] { return lmx_cuda_mix(&a, current_stream()); });
   return out;
 }
 
@@ -288,7 +297,7 @@ Tensor mix_images_backward(const Tensor& grad, const Tensor& lam, const Tensor& 
   a.boxes = box.defined() ? box.const_data_ptr<int64_t>() : nullptr;
   a.stdv = ptr_or_null(std_c);
   a.scale = scale;
-  check_launch(lmx_cuda_mix_backward(&a, current_stream()), "mix_images_backward");
+  launch("mix_images_backward", [&] { return lmx_cuda_mix_backward(&a, current_stream()); });
   if (!o.is_same(out)) out.copy_(o);
   return out;
 }
@@ -318,7 +327,14 @@ void mix_images_inplace(Tensor& images, const Tensor& lam, const Tensor& index, 
   a.lam = lam_c.const_data_ptr();
   a.index = idx.const_data_ptr<int64_t>();
   a.boxes = box.defined() ? box.const_data_ptr<int64_t>() : nullptr;
-  check_launch(lmx_cuda_mix_pairs(&a, current_stream()), "mix_images_");
+  launch("mix_images_", [&] { return lmx_cuda_mix_pairs(&a, current_stream()); });
+}
+
+void assert_flag(const Tensor& bad, const std::string& message) {
+  TORCH_CHECK(bad.is_cuda() && bad.numel() == 1, "assert_flag: bad must be a one-element CUDA tensor");
+  const c10::cuda::CUDAGuard guard(bad.device());
+  const Tensor flag = bad.to(at::kBool).reshape({}).contiguous();
+  launch("value check", [&] { return lmx_cuda_assert_flag(flag.const_data_ptr<bool>(), message.c_str(), current_stream()); });
 }
 
 }  // namespace lmx_cuda

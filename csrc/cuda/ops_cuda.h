@@ -7,6 +7,7 @@
 #include <c10/core/ScalarType.h>
 #include <c10/util/Optional.h>
 
+#include <string>
 #include <tuple>
 
 namespace lmx_cuda {
@@ -40,5 +41,9 @@ at::Tensor mix_images_backward(const at::Tensor& grad, const at::Tensor& lam, co
 
 void mix_images_inplace(at::Tensor& images, const at::Tensor& lam, const at::Tensor& index,
                         const c10::optional<at::Tensor>& boxes);
+
+// A value check's device side: when the one-element CUDA tensor `bad` is true (read on the device, no
+// host sync), a kernel prints `message` and fails with a device-side assert.
+void assert_flag(const at::Tensor& bad, const std::string& message);
 
 }  // namespace lmx_cuda

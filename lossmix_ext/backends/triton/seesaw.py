@@ -233,8 +233,12 @@ def _seesaw_fwd_looped(x_ptr, stride_x, labels_ptr, w_ptr, ow_ptr, logn_ptr,
 @triton.jit
 def _seesaw_bwd_kernel(g_ptr, gl_ptr, gl_stride, go_ptr, go_stride, out_ptr, N, CT, C,
                        BLOCK_C: tl.constexpr, ROWS: tl.constexpr, IN_PLACE: tl.constexpr):
-    rows = tl.program_id(0) * ROWS + tl.arange(0, ROWS)
-    cols = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
+    # one grid axis over (row block, column block) pairs: the second and third grid axes stop at
+    # 65535 programs (16.7M columns with 256-wide tiles), the first one at 2^31 - 1
+    pid = tl.program_id(0)
+    col_blocks = tl.cdiv(CT, BLOCK_C)
+    rows = (pid // col_blocks) * ROWS + tl.arange(0, ROWS)
+    cols = (pid % col_blocks) * BLOCK_C + tl.arange(0, BLOCK_C)
     row_ok = rows < N
     rows64 = rows.to(tl.int64)
     mask = row_ok[:, None] & (cols < CT)[None, :]
@@ -285,6 +289,15 @@ def _fwd_launch(num_classes: int, num_sets: int) -> Launch:
 def _bwd_launch(num_cols: int) -> Launch:
     block = min(triton.next_power_of_2(max(int(num_cols), 1)), BWD_BLOCK_C)
     return Launch("bwd", block, BWD_TILE // block, _warps(BWD_TILE))
+
+
+def _bwd_grid(n: int, ct: int, launch: Launch) -> Tuple[int]:
+    """The backward's grid: one axis of (row block, column block) programs, which holds up to
+    2^31 - 1 of them (the other axes stop at 65535)."""
+    programs = triton.cdiv(n, launch.rows) * triton.cdiv(ct, launch.block_c)
+    if programs >= 2 ** 31:
+        raise ValueError(f"seesaw_bwd: {n} x {ct} elements need {programs} programs, more than a grid holds")
+    return (programs,)
 
 
 _FWD_KERNELS = {"resident": _seesaw_fwd_resident, "looped": _seesaw_fwd_looped}
@@ -387,7 +400,7 @@ def _bwd(grad, grad_loss, grad_obj, in_place):
         gl = grad_loss.to(torch.float32)
         go = grad_obj.to(torch.float32) if grad_obj is not None else gl
         launch = _bwd_launch(ct)
-        grid = (triton.cdiv(n, launch.rows), triton.cdiv(ct, launch.block_c))
+        grid = _bwd_grid(n, ct, launch)
         with _device_guard(grad):
             _seesaw_bwd_kernel[grid](src, gl, gl.stride(0), go, go.stride(0), out, n, ct, c,
                                      BLOCK_C=launch.block_c, ROWS=launch.rows, IN_PLACE=in_place,
