@@ -62,11 +62,12 @@ def _mmdet_normed():
     name = "mmdet.models.layers.normed_predictor"
     if name in sys.modules:
         return sys.modules[name]
-    try:
-        importlib.import_module("mmdet.models")
-    except Exception:  # noqa: BLE001 (mmcv-lite)
-        for pkg in ("mmdet.models", "mmdet.models.layers"):
-            package_without_init(pkg)
+    for pkg in ("mmdet.models", "mmdet.models.layers"):  # the real packages, else package objects
+        if pkg not in sys.modules:
+            try:
+                importlib.import_module(pkg)
+            except Exception:  # noqa: BLE001 (mmcv-lite: no compiled ops)
+                package_without_init(pkg)
     try:
         return importlib.import_module(name)
     except Exception:  # noqa: BLE001
@@ -301,6 +302,18 @@ def test_number_lambda_interpolates_the_model(P, mask, lam):
     want_a, want_b = model(images, targets), model(images, partner_targets(targets, index))
     got = P.lossmix_detection_losses(model, images, targets, index, lam)
     close(got, {k: lam * want_a[k] + (1 - lam) * want_b[k] for k in want_a})
+
+
+@needs_tv
+def test_mask_lambda_one_reads_only_its_own_masks(P):
+    """Images of different sizes: a number λ of 1 uses only each image's own masks, so the
+    partners' need not fit; any other λ needs them to."""
+    model = tiny(True)
+    images, targets = batch(True, sizes=[(64, 64), (48, 64), (64, 40)])
+    index = torch.tensor([2, 0, 1])
+    close(P.lossmix_detection_losses(model, images, targets, index, 1.0), model(images, targets), rtol=0, atol=0)
+    with pytest.raises(ValueError, match=r"targets\[2\]\['masks'\] must be the size of images\[0\]"):
+        P.lossmix_detection_losses(model, images, targets, index, 0.5)
 
 
 @needs_tv
@@ -635,6 +648,7 @@ def _snapshot(model):
 BAD = {
     "eval mode": (lambda m, a: (m.eval(), a)[1], ValueError, "train mode"),
     "not a detector": (lambda m, a: a | {"model": nn.Linear(2, 2)}, TypeError, "model"),
+    "wrapped detector": (lambda m, a: a | {"model": nn.DataParallel(m)}, TypeError, "wrapping a FasterRCNN"),
     "images int": (lambda m, a: a | {"images": [im.mul(255).byte() for im in a["images"]]}, TypeError, "images[0]"),
     "images 2-D": (lambda m, a: a | {"images": [a["images"][0][0]] + a["images"][1:]}, ValueError, "images[0]"),
     "targets short": (lambda m, a: a | {"targets": a["targets"][:2]}, ValueError, "targets"),

@@ -294,6 +294,9 @@ def _rcnn_heads(model, name: str) -> Tuple[RegionProposalNetwork, RoIHeads]:
         kind = type(model).__name__
         extra = (" (RetinaNet and FCOS are one-stage models without proposals or samplers: not supported)"
                  if kind in ("RetinaNet", "FCOS") else "")
+        if isinstance(getattr(model, "module", None), GeneralizedRCNN):  # DistributedDataParallel, DataParallel
+            extra = (f" wrapping a {type(model.module).__name__}: pass the detector itself, from inside the wrapped "
+                     f"module's forward (e.g. a module whose forward calls this on its detector, wrapped in DDP)")
         raise TypeError(f"{name} must be a torchvision GeneralizedRCNN (Faster R-CNN, Mask R-CNN), got {kind}{extra}")
     rpn, roi = getattr(model, "rpn", None), getattr(model, "roi_heads", None)
     if not isinstance(rpn, RegionProposalNetwork):
@@ -394,12 +397,12 @@ def _check_targets(targets, images: List[Tensor], with_masks: bool) -> None:
                 raise ValueError(f"targets[{i}]['masks'] is on {masks.device} but the images are on {dev}")
 
 
-def _check_masks_fit(targets, images: List[Tensor], partners: Optional[List[int]]) -> None:
+def _check_masks_fit(targets, images: List[Tensor], own: bool, partners: Optional[List[int]]) -> None:
     """Masks are in the pixels of the image they supervise: targets[j] supervises images[b]
-    for j = b and, as the partner set, for j = index[b]."""
+    for j = b (``own``) and, as the partner set, for j = index[b] (``partners``)."""
     for b, im in enumerate(images):
         hw = tuple(im.shape[-2:])
-        pairs = [(b, f"images[{b}]")]
+        pairs = [(b, f"images[{b}]")] if own else []
         if partners is not None:
             pairs.append((partners[b], f"images[{b}] (whose partner set is targets[index[{b}]])"))
         for j, role in pairs:
@@ -516,14 +519,15 @@ def lossmix_detection_losses(model: nn.Module, images, targets: Sequence[Dict[st
     _check_targets(targets, imgs, with_masks)
     partners = _check_index(index, n)
     lam = _check_lam(lam, n, imgs[0].device)
+    only = lam if isinstance(lam, float) and lam in (0.0, 1.0) else None  # a number λ of 1 (0): one set
     if with_masks:
-        _check_masks_fit(targets, imgs, partners)
+        _check_masks_fit(targets, imgs, own=only != 0.0, partners=None if only == 1.0 else partners)
     _check_label_range(targets, _num_classes(roi), "targets")
     _check_boxes(targets)
 
     targets_b = [targets[j] for j in partners]
-    if isinstance(lam, float) and lam in (0.0, 1.0):
-        sets = [(targets if lam == 1.0 else targets_b, 1.0)]
+    if only is not None:
+        sets = [(targets if only == 1.0 else targets_b, 1.0)]
     else:
         sets = [(targets, lam), (targets_b, 1.0 - lam)]
     image_list, set_targets = _transform(model, imgs, [t for t, _ in sets], with_masks)
