@@ -439,7 +439,7 @@ def test_torchvision_internals_it_relies_on(P):
 
 
 # --------------------------------------------------------------------------- Seesaw
-def _seesaw_golden(P, model, images, sets, prior, p=0.8, q=2.0, eps=1e-2):
+def _seesaw_golden(model, images, sets, prior, p=0.8, q=2.0, eps=1e-2):
     """The Seesaw terms from the oracle: rows and labels from torchvision's own
     ``select_training_samples`` on the inputs ``model.roi_heads`` receives in ``model()``
     (captured by a pre-hook, on a copy), logits from the model's layers, counts = prior + both
@@ -489,7 +489,7 @@ def test_seesaw_classifier_against_the_oracle(P, lam):
     sets = [(targets, w), (partner_targets(targets, index), 1 - w)]
     if lam == "one":
         sets = sets[:1]  # a number λ of 1 computes (and counts) the first set only
-    obj, cls, counts = _seesaw_golden(P, model, images, sets, prior)
+    obj, cls, counts = _seesaw_golden(model, images, sets, prior)
     got = P.lossmix_detection_losses(model, images, targets, index, lam_arg)
     assert list(got)[:2] == ["loss_cls_objectness", "loss_cls_classes"] and "loss_classifier" not in got
     torch.testing.assert_close(got["loss_cls_objectness"].double(), torch.tensor(obj, dtype=torch.float64),
