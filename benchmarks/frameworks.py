@@ -97,8 +97,9 @@ def torchvision_detection_status() -> str:
         tv.ops.nms(torch.zeros((0, 4)), torch.zeros((0,)), 0.5)
         tv.ops.roi_align(torch.zeros((1, 1, 2, 2)), torch.zeros((0, 5)), (1, 1))
     except Exception as exc:  # noqa: BLE001 (any failure means: no detection models here)
-        return (f"torchvision {tv.__version__}'s compiled ops do not run next to torch {torch.__version__} "
-                f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})")
+        first = str(exc).split(". ")[0].splitlines()[0] if str(exc) else ""
+        return f"torchvision {tv.__version__}'s compiled ops do not run next to torch {torch.__version__} " \
+               f"({type(exc).__name__}: {first})"
     return "ok"
 
 
