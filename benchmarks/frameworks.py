@@ -85,6 +85,27 @@ def import_torchvision() -> Tuple[Optional[object], str]:
         return None, f"torchvision is not importable ({exc})"
 
 
+def torchvision_detection_status() -> str:
+    """``"ok"`` when torchvision imports and its compiled detection ops (``nms``, ``roi_align``)
+    run next to the installed torch — what torchvision's detection models need — else why not
+    (not installed; a build for another torch, whose ops do not load; imported with the ops'
+    schemas only by :func:`import_torchvision`, whose ops have no kernels)."""
+    try:
+        tv = importlib.import_module("torchvision")
+    except ImportError as exc:
+        return f"torchvision is not installed ({exc})"
+    except RuntimeError as exc:
+        return f"torchvision's compiled ops do not load next to torch {torch.__version__} ({exc})"
+    try:
+        tv.ops.nms(torch.zeros((0, 4)), torch.zeros((0,)), 0.5)
+        tv.ops.roi_align(torch.zeros((1, 1, 2, 2)), torch.zeros((0, 5)), (1, 1))
+    except Exception as exc:  # noqa: BLE001 (any failure means: no detection models here)
+        first = str(exc).split(". ")[0].splitlines()[0] if str(exc) else ""
+        return f"torchvision {tv.__version__}'s compiled ops do not run next to torch {torch.__version__} " \
+               f"({type(exc).__name__}: {first})"
+    return "ok"
+
+
 def import_timm() -> Tuple[Optional[object], str]:
     """(timm or None, a note): timm with :func:`import_torchvision`'s fallback."""
     try:
