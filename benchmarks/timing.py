@@ -43,6 +43,16 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+def wall_seconds(fn: Callable[[], Any], device: torch.device) -> float:
+    """Wall-clock seconds of ``fn()``, the device synchronised before and after (whole training
+    steps, host work included)."""
+    _sync(device)
+    t0 = time.perf_counter()
+    fn()
+    _sync(device)
+    return time.perf_counter() - t0
+
+
 def _time_one(prepare, run, device: torch.device, flush: _L2Flush) -> float:
     """Seconds taken by ``run(prepare())``, ``prepare`` excluded."""
     state = prepare()

@@ -23,12 +23,12 @@ import argparse
 import copy
 import statistics
 import sys
-import time
 from typing import Callable, Dict, List
 
 import torch
 
 from .frameworks import torchvision_detection_status
+from .timing import wall_seconds
 
 
 def _batch(b: int, size: int, classes: int, device, seed: int = 0):
@@ -88,18 +88,9 @@ def run(batch: int = 4, size: int = 160, rounds: int = 7, warmup: int = 1, class
     times: Dict[str, List[float]] = {n: [] for n in names}
     ratios: Dict[str, List[float]] = {n: [] for n in names}
 
-    def timed(fn) -> float:
-        if dev.type == "cuda":
-            torch.cuda.synchronize(dev)
-        t0 = time.perf_counter()
-        fn()
-        if dev.type == "cuda":
-            torch.cuda.synchronize(dev)
-        return time.perf_counter() - t0
-
     for r in range(warmup + rounds):
         order = names[r % len(names):] + names[:r % len(names)]
-        this = {n: timed(variants[n]) for n in order}
+        this = {n: wall_seconds(variants[n], dev) for n in order}
         if r >= warmup:
             for n in names:
                 times[n].append(this[n])
