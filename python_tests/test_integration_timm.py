@@ -411,6 +411,25 @@ def test_half_precision_uses_the_float32_kernel(monkeypatch, chunk_bytes, b, cha
     assert plugin._half_through_float32(x, None) and not plugin._half_through_float32(x.float(), None)
 
 
+def test_half_precision_scratch_buffer_follows_the_batch(monkeypatch):
+    """One Mixup on batches of other sizes, layouts and dtypes: the float32 scratch of the
+    detour is reused when it fits and made again when not; every result is the reference's."""
+    if "cpu" not in L.available_backends("cpu", op="mix_images_"):
+        pytest.skip("the native cpu backend is not built")
+    monkeypatch.setattr(plugin, "_HALF_CHUNK_BYTES", 8000)
+    m = Mixup(mode="elem", mixup_alpha=0.8, cutmix_alpha=1.0, num_classes=10, generator=torch.Generator().manual_seed(0))
+    buffers = []
+    for b, dtype, cl, (h, w) in [(8, torch.bfloat16, False, (16, 20)), (8, torch.float16, False, (16, 20)),
+                                 (5, torch.bfloat16, True, (16, 20)), (8, torch.bfloat16, False, (9, 7))]:
+        x = torch.randn(b, 3, h, w).to(dtype)
+        if cl:
+            x = x.contiguous(memory_format=torch.channels_last)
+        y, plan = m.mix(x.clone())
+        torch.testing.assert_close(y, R.mix_images(x, plan.pixel_lam, plan.index, plan.boxes))
+        buffers.append(m._half_buffer)
+    assert buffers[0] is buffers[1] and buffers[2] is not buffers[1] and buffers[3] is not buffers[2]
+
+
 def test_half_precision_checks_the_batch_first():
     x = _batch(4)[0].to(torch.bfloat16).requires_grad_(True)
     with pytest.raises(ValueError, match="x requires grad"):

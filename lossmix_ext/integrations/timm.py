@@ -151,6 +151,7 @@ class Mixup:
         self.backend = backend
         self.mixup_enabled = True  # the training loop may switch mixing off (timm's attribute)
         self._flip: Dict[Tuple[int, torch.device], Tensor] = {}
+        self._half_buffer: Optional[Tensor] = None  # float32 scratch of the half-precision detour (below)
 
     # ------------------------------------------------------------------ draws
     def __repr__(self) -> str:
@@ -276,7 +277,7 @@ class Mixup:
             boxes = plan.boxes if self.cutmix_alpha > 0 else None
             if _half_through_float32(x, self.backend):
                 _inplace_images(x, "x")
-                _mix_half_through_float32_(x, plan.pixel_lam, boxes)
+                self._half_buffer = _mix_half_through_float32_(x, plan.pixel_lam, boxes, self._half_buffer)
             else:
                 mix_images_(x, plan.pixel_lam, plan.index, boxes=boxes, backend=self.backend)
         return x, plan
@@ -327,20 +328,25 @@ def _half_through_float32(x: Tensor, backend: Optional[str]) -> bool:
     return x.dtype in _HALF and x.device.type == "cpu" and _backend.resolve("mix_images_", backend, x.device) == "cpu"
 
 
-def _mix_half_through_float32_(x: Tensor, pixel_lam: Tensor, boxes: Optional[Tensor]) -> None:
+def _mix_half_through_float32_(x: Tensor, pixel_lam: Tensor, boxes: Optional[Tensor],
+                               buffer: Optional[Tensor] = None) -> Tensor:
     """``mix_images_(x, pixel_lam, flip, boxes)`` for a float16 / bfloat16 CPU batch paired b ↔ B−1−b
-    (Mixup's pairing), through the cpu backend's float32 kernel, a few pairs per step."""
+    (Mixup's pairing), through the cpu backend's float32 kernel, a few pairs per step. Returns
+    the float32 scratch buffer, for the next call (``buffer``: a previous one, reused when it
+    fits: a fresh allocation of this size costs page faults at every call)."""
     B = x.shape[0]
     half = B // 2  # pairs (i, B-1-i); an odd batch's middle sample is its own partner: unchanged
     per_sample = max(1, x[0].numel()) * 4
     k = max(1, min(half, _HALF_CHUNK_BYTES // (2 * per_sample)))
-    buf = torch.empty_like(x[: 2 * k], dtype=torch.float32)
+    like = x[: 2 * k]
+    if (buffer is None or buffer.shape != like.shape or buffer.stride() != torch.empty_like(like).stride()):
+        buffer = torch.empty_like(like, dtype=torch.float32)
     flip = torch.arange(2 * k - 1, -1, -1)
     for i0 in range(0, half, k):
         i1 = min(half, i0 + k)
         n = i1 - i0
         lo, hi = slice(i0, i1), slice(B - i1, B - i0)  # row r < n of the buffer pairs with row 2n-1-r
-        b = buf[: 2 * n]
+        b = buffer[: 2 * n]
         b[:n].copy_(x[lo])
         b[n:].copy_(x[hi])
         lam = torch.cat([pixel_lam[lo], pixel_lam[hi]])
@@ -348,6 +354,7 @@ def _mix_half_through_float32_(x: Tensor, pixel_lam: Tensor, boxes: Optional[Ten
         mix_images_(b, lam, flip[2 * (k - n):] if n < k else flip, boxes=bx, backend="cpu")
         x[lo].copy_(b[:n])
         x[hi].copy_(b[n:])
+    return buffer
 
 
 # --------------------------------------------------------------------------- FastCollateMixup
