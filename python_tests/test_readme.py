@@ -4,6 +4,7 @@ drift from the API. A block that uses a name not defined here or by an earlier s
 same block fails with NameError (add the stand-in)."""
 import os
 import re
+import textwrap
 
 import pytest
 import torch
@@ -44,6 +45,9 @@ def _standins():
         # timm's train script
         "mixup_args": dict(mixup_alpha=0.8, cutmix_alpha=1.0, label_smoothing=0.1, num_classes=C),
         "input": torch.randn(B, 3, H, W, generator=g), "target": torch.randint(0, C, (B,), generator=g),
+        # timm's dataset with the prefetcher: (uint8 CHW view of an HWC array, label) pairs
+        "samples": [(torch.randint(0, 256, (H, W, 3), dtype=torch.uint8, generator=g).numpy().transpose(2, 0, 1), k)
+                    for k in range(B)],
     }
 
 
@@ -53,7 +57,7 @@ def test_readme_has_python_blocks():
 
 @pytest.mark.parametrize("i", range(len(BLOCKS)), ids=lambda i: f"block{i}")
 def test_readme_block_runs(i):
-    code = BLOCKS[i]
+    code = textwrap.dedent(BLOCKS[i])  # a block inside a list item is indented
     ns = _standins()
     exec(compile(code, f"README.md python block {i}", "exec"), ns)  # noqa: S102
     # a block that computes a loss: it must be a finite scalar that backpropagates
