@@ -414,10 +414,10 @@ def mix_images(images: Tensor, lam, index: Tensor, *, boxes: Optional[Tensor] = 
     ``images`` (B, C, H, W) floating or uint8, NCHW or channels_last — or, without ``boxes``,
     ``mean`` and ``std``, any batch (B, ...) of B >= 1 samples along dim 0: video
     (B, C, T, H, W), feature vectors (B, D), ... (dim 0 is always the batch: a single (C, H, W)
-    image is mixed as C samples); ``lam`` a number, 0-d or (B,) in [0, 1]; ``index`` (B,) int64 in [0, B), any vector; ``boxes`` (B, 4)
-    int64 (y0, x0, y1, x1), half-open; ``mean`` / ``std`` C numbers or (C,) tensors on the
-    images' device, ``std`` without zeros; ``scale`` a number, by default 1/255 for uint8 images
-    and 1 otherwise; ``out_dtype`` defaults to the images' dtype (float32 for uint8). The result
+    image is mixed as C samples); ``lam`` a number, 0-d or (B,) in [0, 1]; ``index`` (B,) int64
+    in [0, B), any vector; ``boxes`` (B, 4) int64 (y0, x0, y1, x1), half-open; ``mean`` /
+    ``std`` C numbers or (C,) tensors on the images' device, ``std`` without zeros; ``scale`` a
+    number, by default 1/255 for uint8 images and 1 otherwise; ``out_dtype`` defaults to the images' dtype (float32 for uint8). The result
     is a new tensor in the images' memory format.
     Differentiable w.r.t. floating ``images`` (repeated indices accumulate).
     """
@@ -448,8 +448,9 @@ def mix_images_(images: Tensor, lam, index: Tensor, *, boxes: Optional[Tensor] =
     box b (``boxes`` (B, 4) int64 (y0, x0, y1, x1), half-open, for (B, C, H, W) images)
     ``x[b] ← x[index[b]]`` — the values :func:`mix_images` would give, without the new tensor.
     Returns ``images`` (floating, any (B, ...) batch as for :func:`mix_images`, (B, C, H, W) with
-    ``boxes``; not an expanded view whose elements share memory). Not differentiable (meant for input batches): ``images`` must not
-    require grad while grad mode is on. Every check runs before ``images`` is written."""
+    ``boxes``; not an expanded view whose elements share memory). Not differentiable (meant for
+    input batches): ``images`` must not require grad while grad mode is on. Every check runs
+    before ``images`` is written."""
     _inplace_images(images)
     b = images.shape[0]
     dev = images.device

@@ -286,8 +286,8 @@ def test_mixed_scores_are_the_lossmix_form(mm, mm_train, reduction, af):
     c, n = 6, 12
     gen = torch.Generator().manual_seed(9)
     ref, fused = mm.own.SeesawLoss(num_classes=c), MODELS.build(dict(type="SeesawLoss", num_classes=c))
-    for aug in (BATCH_AUGMENTS.build(dict(type="Mixup", alpha=0.8)), BATCH_AUGMENTS.build(dict(type="CutMix", alpha=1.0)),
-                None):
+    augments = [BATCH_AUGMENTS.build(dict(type=t, alpha=a)) for t, a in (("Mixup", 0.8), ("CutMix", 1.0))]
+    for aug in augments + [None]:
         np.random.seed(int(torch.randint(0, 1000, (1,), generator=gen)))  # the augments' λ and pairs
         torch.manual_seed(int(torch.randint(0, 1000, (1,), generator=gen)))
         labels = _labels(gen, n, c, "long_tail")

@@ -426,7 +426,8 @@ def test_half_precision_scratch_buffer_follows_the_batch(monkeypatch):
     if "cpu" not in L.available_backends("cpu", op="mix_images_"):
         pytest.skip("the native cpu backend is not built")
     monkeypatch.setattr(plugin, "_HALF_CHUNK_BYTES", 8000)
-    m = Mixup(mode="elem", mixup_alpha=0.8, cutmix_alpha=1.0, num_classes=10, generator=torch.Generator().manual_seed(0))
+    m = Mixup(mode="elem", mixup_alpha=0.8, cutmix_alpha=1.0, num_classes=10,
+              generator=torch.Generator().manual_seed(0))
     buffers = []
     for b, dtype, cl, (h, w) in [(8, torch.bfloat16, False, (16, 20)), (8, torch.float16, False, (16, 20)),
                                  (5, torch.bfloat16, True, (16, 20)), (8, torch.bfloat16, False, (9, 7))]:
