@@ -315,12 +315,15 @@ class Mixup:
 # Interim, until the cpu backend mixes float16 / bfloat16 natively: its mix kernels take float32
 # and float64 and send half-precision batches to the torch kernels, about 40x slower than the
 # float32 kernel (bf16, 128x3x224x224: 282 ms against 6.6 ms). Mixup keeps such batches on the
-# float32 kernel instead: a few pairs at a time are converted into a float32 buffer, mixed there
-# and written back (one rounding to the batch's dtype, as the torch kernels round). Everything
-# of this detour is in this block and its one call in Mixup.mix; drop both once
+# float32 kernel instead: the batch is converted into a float32 buffer kept on the Mixup object
+# (a fresh one costs its page faults at every call), mixed there and written back (one rounding
+# to the batch's dtype, as the torch kernels round). Batches beyond _HALF_CHUNK_BYTES of float32
+# go through the buffer in parts of whole pairs; smaller parts measured no faster on 2 cores,
+# and much slower when another process holds a core (every part is a few more parallel ops).
+# Everything of this detour is in this block and its one call in Mixup.mix; drop both once
 # lossmix_ext.backends.cpu mixes float16 / bfloat16 itself.
 _HALF = (torch.float16, torch.bfloat16)
-_HALF_CHUNK_BYTES = 4 << 20  # float32 buffer per step: the pairs of about 4 MiB of samples
+_HALF_CHUNK_BYTES = 128 << 20  # the float32 buffer holds at most this much
 
 
 def _half_through_float32(x: Tensor, backend: Optional[str]) -> bool:
@@ -331,7 +334,8 @@ def _half_through_float32(x: Tensor, backend: Optional[str]) -> bool:
 def _mix_half_through_float32_(x: Tensor, pixel_lam: Tensor, boxes: Optional[Tensor],
                                buffer: Optional[Tensor] = None) -> Tensor:
     """``mix_images_(x, pixel_lam, flip, boxes)`` for a float16 / bfloat16 CPU batch paired b ↔ B−1−b
-    (Mixup's pairing), through the cpu backend's float32 kernel, a few pairs per step. Returns
+    (Mixup's pairing), through the cpu backend's float32 kernel, all pairs at once or as many as
+    ``_HALF_CHUNK_BYTES`` of float32 hold per step. Returns
     the float32 scratch buffer, for the next call (``buffer``: a previous one, reused when it
     fits: a fresh allocation of this size costs page faults at every call)."""
     B = x.shape[0]
