@@ -492,6 +492,21 @@ def test_collate_formula_and_paths_agree(mode, b):
     torch.testing.assert_close(soft, mixup_target(t, 10, full_lam, 0.1)[:n], rtol=0, atol=0)
 
 
+def test_collate_in_a_loader_worker():
+    """In a DataLoader worker the batch is made in shared memory (as default_collate makes it:
+    nothing is copied to hand it over); a generator given to the collate is copied into the
+    worker with its state, so the worker's batch is the one collated here."""
+    samples = _samples(8, "hwc", 3)
+    kw = dict(mixup_alpha=0.8, cutmix_alpha=1.0, num_classes=10)
+    fn = FastCollateMixup(generator=torch.Generator().manual_seed(4), **kw)
+    loader = torch.utils.data.DataLoader(samples, batch_size=8, collate_fn=fn, num_workers=1)
+    (x, t), = list(loader)
+    assert x.is_shared() and x.is_contiguous() and x.dtype == torch.uint8
+    want_x, want_t = FastCollateMixup(generator=torch.Generator().manual_seed(4), **kw)(samples)
+    assert not want_x.is_shared()
+    assert torch.equal(x, want_x) and torch.equal(t, want_t)
+
+
 def test_collate_bad_batches_name_the_batch():
     fn = FastCollateMixup(mixup_alpha=0.8, cutmix_alpha=1.0, num_classes=10)
     good = _samples(4, "hwc", 0)

@@ -417,7 +417,7 @@ class FastCollateMixup(Mixup):
             n = B
             plan = self.plan(draw, B)
             partner, pixel_lam, boxes, lam = plan.index, plan.pixel_lam, plan.boxes, plan.lam
-        out = torch.empty((n, *shape), dtype=torch.uint8)
+        out = _new_batch((n, *shape))
         _collate_mix(out, samples, partner, pixel_lam.float().contiguous(), boxes.contiguous())
         soft = mixup_target(target, self.num_classes, lam, self.label_smoothing, self.multi_label)
         return out, soft[:n]
@@ -492,6 +492,18 @@ def _collate_samples(batch, cutmix: bool) -> Tuple[List[Tensor], Tuple[int, ...]
                              f"{tuple(img.shape)}")
         samples.append(img)
     return samples, shape
+
+
+def _new_batch(shape: Tuple[int, ...]) -> Tensor:
+    """An empty uint8 batch; in a DataLoader worker process in shared memory, as torch's
+    ``default_collate`` makes it, so that handing it to the main process copies nothing."""
+    if torch.utils.data.get_worker_info() is not None:
+        try:
+            storage = torch.empty(0, dtype=torch.uint8)._typed_storage()._new_shared(math.prod(shape))
+            return torch.empty(0, dtype=torch.uint8).set_(storage).view(shape)
+        except (AttributeError, RuntimeError):  # a torch without these (private) helpers
+            pass
+    return torch.empty(shape, dtype=torch.uint8)
 
 
 def _collate_targets(batch) -> Tensor:
