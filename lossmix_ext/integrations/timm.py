@@ -383,7 +383,8 @@ class FastCollateMixup(Mixup):
     ``DataLoader`` seeds differently in each worker — a ``generator`` given here is copied into
     every worker with the same state, so leave it None there); the batch is written in one
     pass per image row by a native kernel (``lossmix_ext._C``; plain torch ops without it),
-    with no per-sample Python loop and without changing the samples (timm's ``half`` mode pastes
+    into shared memory in a DataLoader worker (as ``default_collate``), with no per-sample
+    Python loop and without changing the samples (timm's ``half`` mode pastes
     CutMix boxes into its input samples). Odd batches work (the middle sample is its own
     partner); images must be uint8; an unknown ``mode`` is an error.
 
