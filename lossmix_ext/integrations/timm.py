@@ -314,7 +314,7 @@ class Mixup:
 # --------------------------------------------------------------------------- half precision on CPU
 # Interim, until the cpu backend mixes float16 / bfloat16 natively: its mix kernels take float32
 # and float64 and send half-precision batches to the torch kernels, about 40x slower than the
-# float32 kernel (bf16, 128x3x224x224: 282 ms against 6.6 ms). Mixup keeps such batches on the
+# float32 kernel (bf16, 128x3x224x224: 282 ms against 6 ms for float32). Mixup keeps them on the
 # float32 kernel instead: the batch is converted into a float32 buffer kept on the Mixup object
 # (a fresh one costs its page faults at every call), mixed there and written back (one rounding
 # to the batch's dtype, as the torch kernels round). Batches beyond _HALF_CHUNK_BYTES of float32
@@ -335,9 +335,9 @@ def _mix_half_through_float32_(x: Tensor, pixel_lam: Tensor, boxes: Optional[Ten
                                buffer: Optional[Tensor] = None) -> Tensor:
     """``mix_images_(x, pixel_lam, flip, boxes)`` for a float16 / bfloat16 CPU batch paired b ↔ B−1−b
     (Mixup's pairing), through the cpu backend's float32 kernel, all pairs at once or as many as
-    ``_HALF_CHUNK_BYTES`` of float32 hold per step. Returns
-    the float32 scratch buffer, for the next call (``buffer``: a previous one, reused when it
-    fits: a fresh allocation of this size costs page faults at every call)."""
+    ``_HALF_CHUNK_BYTES`` of float32 hold per step. Returns the float32 scratch buffer for the
+    next call (``buffer``: a previous one, reused when it fits: a fresh allocation of this size
+    costs page faults at every call)."""
     B = x.shape[0]
     half = B // 2  # pairs (i, B-1-i); an odd batch's middle sample is its own partner: unchanged
     per_sample = max(1, x[0].numel()) * 4
