@@ -25,6 +25,11 @@
 
 #include "kernels.h"
 
+#if (defined(__x86_64__) || defined(__i386__)) && (defined(__GNUC__) || defined(__clang__)) && \
+    !defined(LOSSMIX_NO_AVX2)
+#include <immintrin.h>  // before the pragmas below, as kernels_avx2.cpp does
+#endif
+
 // No fused multiply-add in this file's functions (timm rounds each product): GCC contracts
 // a * b + c by default wherever FMA exists (x86-64 with -mfma, every aarch64).
 #if defined(__clang__)
@@ -34,7 +39,9 @@
 #endif
 
 #define LMX_TIMM_NS base
+#define LMX_TIMM_AVX2_INTRINSICS 0
 #include "timm_collate_impl.h"
+#undef LMX_TIMM_AVX2_INTRINSICS
 #undef LMX_TIMM_NS
 
 #if (defined(__x86_64__) || defined(__i386__)) && (defined(__GNUC__) || defined(__clang__)) && \
@@ -47,7 +54,9 @@
 #pragma GCC target("avx2")
 #endif
 #define LMX_TIMM_NS avx2
+#define LMX_TIMM_AVX2_INTRINSICS 1
 #include "timm_collate_impl.h"
+#undef LMX_TIMM_AVX2_INTRINSICS
 #undef LMX_TIMM_NS
 #if defined(__clang__)
 #pragma clang attribute pop
