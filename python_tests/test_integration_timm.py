@@ -274,6 +274,7 @@ def test_collate_rounds_as_timm_where_a_fused_multiply_add_would_not(collate_pat
             break
     assert found is not None
     lam, ys, xs = found
+    ys, xs = np.resize(ys, 37), np.resize(xs, 37)  # rows of 37: the native kernel's vector loop and its tail
     img_a = np.broadcast_to(ys.astype(np.uint8)[None, None, :], (3, 2, len(ys))).copy()
     img_b = np.broadcast_to(xs.astype(np.uint8)[None, None, :], (3, 2, len(xs))).copy()
     batch = [(img_a, 0), (img_b, 1)]
