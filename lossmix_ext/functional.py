@@ -336,16 +336,17 @@ def _mixed_cross_entropy(logits, labels_a, labels_b, lam, label_weights, ignore_
 
 
 def _image_batch(images, name: str = "images", *, floating_only: bool = False) -> Tensor:
-    """``images``: a batch of B >= 1 images with C >= 1 channels and two or more spatial dims."""
+    """``images``: a batch (B, ...) of B >= 1 samples, each one element or more dims: images
+    (B, C, H, W), video (B, C, T, H, W), feature vectors (B, D), ... The callers ask for
+    (B, C, H, W) where they need it (CutMix boxes, per-channel normalisation)."""
     V.tensor(images, name)
     if floating_only:
         V.float_tensor(images, name)
     elif not (images.dtype.is_floating_point or images.dtype == torch.uint8):
         raise TypeError(f"{name} must be floating point or uint8, got {images.dtype}")
-    if images.dim() < 4 or images.shape[0] < 1 or images.shape[1] < 1:
-        raise ValueError(f"{name} must be a batch of images (B, C, H, W) (or (B, C, *spatial) with two or more "
-                         f"spatial dims, e.g. video (B, C, T, H, W)) with B >= 1 samples and C >= 1 channels, "
-                         f"got shape {tuple(images.shape)}")
+    if images.dim() < 1 or images.shape[0] < 1:
+        raise ValueError(f"{name} must be a batch (B, ...) with B >= 1 samples along dim 0 (images (B, C, H, W), "
+                         f"video (B, C, T, H, W), features (B, D), ...), got shape {tuple(images.shape)}")
     return images
 
 
@@ -433,13 +434,13 @@ def mix_images(images: Tensor, lam, index: Tensor, *, boxes: Optional[Tensor] = 
     ``out[b] = λ[b]·v(x[b]) + (1−λ[b])·v(x[index[b]])``, and ``v(x[index[b]])`` inside CutMix box b,
     with ``v(x) = (x·scale − mean[c]) / std[c]`` (identity by default).
 
-    ``images`` (B, C, H, W) floating or uint8, NCHW or channels_last — or (B, C, *spatial) with
-    two or more spatial dims (e.g. video) without ``boxes``, ``mean`` and ``std`` — with B >= 1
-    and C >= 1 (a single (C, H, W) image is rejected, not mixed along its channels); ``lam`` a
-    number, 0-d or (B,) in [0, 1]; ``index`` (B,) int64 in [0, B), any vector; ``boxes`` (B, 4)
-    int64 (y0, x0, y1, x1), half-open; ``mean`` / ``std`` C numbers or (C,) tensors on the
-    images' device, ``std`` without zeros; ``scale`` a number, by default 1/255 for uint8 images
-    and 1 otherwise; ``out_dtype`` defaults to the images' dtype (float32 for uint8). The result
+    ``images`` (B, C, H, W) floating or uint8, NCHW or channels_last — or, without ``boxes``,
+    ``mean`` and ``std``, any batch (B, ...) of B >= 1 samples along dim 0: video
+    (B, C, T, H, W), feature vectors (B, D), ... (dim 0 is always the batch: a single (C, H, W)
+    image is mixed as C samples); ``lam`` a number, 0-d or (B,) in [0, 1]; ``index`` (B,) int64
+    in [0, B), any vector; ``boxes`` (B, 4) int64 (y0, x0, y1, x1), half-open; ``mean`` /
+    ``std`` C numbers or (C,) tensors on the images' device, ``std`` without zeros; ``scale`` a
+    number, by default 1/255 for uint8 images and 1 otherwise; ``out_dtype`` defaults to the images' dtype (float32 for uint8). The result
     is a new tensor in the images' memory format.
     Differentiable w.r.t. floating ``images`` (repeated indices accumulate).
     """
@@ -454,7 +455,8 @@ def mix_images(images: Tensor, lam, index: Tensor, *, boxes: Optional[Tensor] = 
     for name, v in (("mean", mean), ("std", std), ("boxes", boxes)):
         if v is not None and images.dim() != 4:
             raise ValueError(f"{name} needs (B, C, H, W) images, got shape {tuple(images.shape)}")
-    per_channel = [_per_channel(v, name, images.shape[1], dev, om) for name, v in (("mean", mean), ("std", std))]
+    channels = images.shape[1] if images.dim() == 4 else 0  # mean / std only for (B, C, H, W)
+    per_channel = [_per_channel(v, name, channels, dev, om) for name, v in (("mean", mean), ("std", std))]
     boxes = _boxes_arg(boxes, images)
     name = _backend.resolve("mix_images", backend, dev)
     if _transformed():  # the op's value checks, then its maths as plain differentiable ops
@@ -475,9 +477,10 @@ def mix_images_(images: Tensor, lam, index: Tensor, *, boxes: Optional[Tensor] =
     mixed from one read of each, ``x[b] ← λ[b]·x[b] + (1−λ[b])·x[index[b]]``, and inside CutMix
     box b (``boxes`` (B, 4) int64 (y0, x0, y1, x1), half-open, for (B, C, H, W) images)
     ``x[b] ← x[index[b]]`` — the values :func:`mix_images` would give, without the new tensor.
-    Returns ``images`` (floating, shaped as for :func:`mix_images`; not an expanded view whose
-    elements share memory). Not differentiable (meant for input batches): ``images`` must not
-    require grad while grad mode is on. Every check runs before ``images`` is written."""
+    Returns ``images`` (floating, any (B, ...) batch as for :func:`mix_images`, (B, C, H, W) with
+    ``boxes``; not an expanded view whose elements share memory). Not differentiable (meant for
+    input batches): ``images`` must not require grad while grad mode is on. Every check runs
+    before ``images`` is written."""
     _inplace_images(images)
     b = images.shape[0]
     dev = images.device

@@ -241,8 +241,8 @@ class LossMix:
         generator: torch.Generator for every draw (on the images' device).
         backend: backend for the mixing op.
 
-    ``images, plan = mixer(images)`` mixes a (B, C, H, W) batch (NCHW or channels_last; a
-    (B, C, *spatial) batch with more spatial dims without CutMix or normalisation). Nothing is
+    ``images, plan = mixer(images)`` mixes a (B, C, H, W) batch (NCHW or channels_last; without
+    CutMix or normalisation, any (B, ...) batch: video, feature vectors (B, D), ...). Nothing is
     read back to the host.
     """
 

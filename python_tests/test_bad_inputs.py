@@ -375,12 +375,19 @@ def _mix(be=None, **over):
     return _mix_call(L.mix_images, be, **over)
 
 
-case("mix_images/single_image_chw", ValueError, "images", backends=True)(
-    lambda be: _mix(be, images=randn(3, 5, 6), lam=torch.rand(3), index=t([2, 0, 1])))
-case("mix_images/images_2d", ValueError, "images")(lambda: _mix(images=randn(4, 3)))
+# any (B, ...) batch mixes without boxes / mean / std (feature vectors, a (C, H, W) image as C
+# samples: test_mix_feature_batches.py); these need (B, C, H, W)
+case("mix_images/images_0d", ValueError, "images")(lambda: _mix(images=torch.tensor(1.0)))
 case("mix_images/images_empty_batch", ValueError, "images")(
     lambda: _mix(images=randn(0, 3, 5, 6), lam=torch.rand(0), index=t([], dtype=torch.long)))
-case("mix_images/images_no_channels", ValueError, "images")(lambda: _mix(images=randn(4, 0, 5, 6)))
+case("mix_images/boxes_on_features", ValueError, "boxes", backends=True)(
+    lambda be: _mix(be, images=randn(4, 3), boxes=t([[0, 0, 1, 1]] * 4)))
+case("mix_images/std_on_features", ValueError, "std", backends=True)(
+    lambda be: _mix(be, images=randn(4, 3), std=[0.5, 0.5, 0.5]))
+case("mix_images/mean_tensor_on_3d", ValueError, "mean")(
+    lambda: _mix(images=randn(4, 3, 5), mean=t([0.5, 0.5, 0.5])))
+case("mix_images/boxes_on_single_image", ValueError, "boxes")(
+    lambda: _mix(images=randn(3, 5, 6), lam=torch.rand(3), index=t([2, 0, 1]), boxes=t([[0, 0, 1, 1]] * 3)))
 case("mix_images/images_int", TypeError, "images")(lambda: _mix(images=torch.ones(4, 3, 5, 6, dtype=torch.int32)))
 case("mix_images/images_list", TypeError, "images")(lambda: _mix(images=[[0.0]]))
 case("mix_images/index_range", ValueError, "index", backends=True)(lambda be: _mix(be, index=t([1, 0, 3, 4])))
@@ -412,7 +419,11 @@ case("mix_images_/index_not_involutive", ValueError, "index", backends=True)(
 case("mix_images_/index_range", ValueError, "index", backends=True)(lambda be: _mix_(be, index=t([1, 0, 3, 5])))
 case("mix_images_/lam_values", ValueError, "lam", backends=True)(lambda be: _mix_(be, lam=t([0.5, 1.5, 0.5, 0.5])))
 case("mix_images_/images_uint8", TypeError, "images")(lambda: _mix_(images=_images(dtype=torch.uint8)))
-case("mix_images_/images_3d", ValueError, "images", backends=True)(lambda be: _mix_(be, images=randn(4, 5, 6)))
+case("mix_images_/images_0d", ValueError, "images")(lambda: _mix_(images=torch.tensor(1.0)))
+case("mix_images_/boxes_on_3d", ValueError, "boxes", backends=True)(
+    lambda be: _mix_(be, images=randn(4, 5, 6), boxes=t([[0, 0, 1, 1]] * 4)))
+case("mix_images_/features_uint8", TypeError, "images")(
+    lambda: _mix_(images=torch.zeros(4, 3, dtype=torch.uint8)))
 case("mix_images_/images_require_grad", ValueError, "images")(
     lambda: _mix_(images=randn(4, 3, 5, 6, requires_grad=True)))
 case("mix_images_/images_expanded", ValueError, "images", backends=True)(
@@ -450,8 +461,10 @@ case("LossMix/std_zero", ValueError, "std")(lambda: Call(L.LossMix, std=[1.0, 0.
 case("LossMix/scale_str", TypeError, "scale")(lambda: Call(L.LossMix, scale="x"))
 case("LossMix/backend_unknown", ValueError, "backend")(lambda: Call(L.LossMix, backend="nope"))
 case("LossMix/generator_int", TypeError, "generator")(lambda: Call(L.LossMix, generator=3))
-case("LossMix/call_single_image", ValueError, "images", backends=True)(
-    lambda be: Call(L.LossMix(generator=_gen(), backend=be), randn(3, 5, 6)))
+case("LossMix/call_0d", ValueError, "images", backends=True)(
+    lambda be: Call(L.LossMix(generator=_gen(), backend=be), torch.tensor(0.5)))
+case("LossMix/call_std_on_features", ValueError, "std")(
+    lambda: Call(L.LossMix(generator=_gen(), std=[0.5, 0.5, 0.5]), randn(4, 3)))
 case("LossMix/call_mean_len", ValueError, "mean")(
     lambda: Call(L.LossMix(generator=_gen(), mean=[0.5, 0.5]), _images()))
 case("LossMix/call_cutmix_2d", ValueError, "images")(

@@ -184,10 +184,15 @@ def test_timm_mixup_benchmark(tmp_path, capsys):
     if import_timm()[0] is None:
         assert rows == [] and "skipped" in out
         return
-    assert [r.mode for r in rows] == ["elem", "pair", "batch"]
-    assert all(r.ours_ms > 0 and r.timm_ms > 0 and r.goal is None for r in rows)  # the goal is for 128x3x224x224
+    assert [(r.case, r.mode) for r in rows] == [(c, m) for c in timm_mixup.CASES for m in ("elem", "pair", "batch")]
+    assert all(r.ours_ms > 0 and r.timm_ms > 0 and r.goal is None for r in rows)  # the goals are for 128x3x224x224
+    assert all(r.threads == 1 for r in rows if r.case.startswith("FastCollateMixup"))  # as in a loader worker
+    bf16 = [r for r in rows if r.case == "Mixup bfloat16"]
+    native = "cpu" in __import__("lossmix_ext").available_backends("cpu")  # the detour exists with the cpu backend
+    assert all((r.before_ms is not None and r.before_ms > 0) == native for r in bf16)
     with open(tmp_path / "timm_mixup.csv") as f:
-        assert len(list(csv.DictReader(f))) == 3
+        assert len(list(csv.DictReader(f))) == 9
+    assert "FastCollateMixup uint8" in out and "Mixup bfloat16" in out
 
 
 def test_main_job_writes_outside_the_committed_results(tmp_path, monkeypatch, capsys):

@@ -19,6 +19,7 @@ import subprocess
 import sys
 import types
 
+import numpy as np
 import pytest
 import torch
 
@@ -64,6 +65,35 @@ def mm(child_process):
             sys.modules.pop(name, None)
         if "models" in vars(sys.modules["mmpretrain"]) and "mmpretrain.models" not in sys.modules:
             delattr(sys.modules["mmpretrain"], "models")
+
+
+@pytest.fixture(scope="module")
+def mm_train(mm):
+    """What a classification config needs besides the loss: mmpretrain's ImageClassifier,
+    LinearClsHead, GlobalAveragePooling, LeNet5, ClsDataPreprocessor and its batch augments
+    (Mixup, CutMix, RandomBatchAugment) — from ``mmpretrain.models`` when it imports, else its
+    real modules loaded one by one under package objects (``mmpretrain.models``' ``__init__``
+    also needs einops and every backbone's dependencies). The heads import
+    ``mmpretrain.evaluation``, hence torchvision (with benchmarks.frameworks' fallback)."""
+    from benchmarks.frameworks import import_torchvision
+    tv, note = import_torchvision()
+    if tv is None:
+        pytest.skip(f"mmpretrain's heads need torchvision: {note}")
+    before = set(sys.modules)
+    if mm.stubbed:
+        for name in ("utils", "heads", "classifiers", "backbones", "necks"):
+            _package_without_init(f"mmpretrain.models.{name}")
+    try:
+        for name in ("utils.data_preprocessor", "utils.batch_augments", "classifiers.image", "heads.linear_head",
+                     "necks.gap", "backbones.lenet"):
+            importlib.import_module(f"mmpretrain.models.{name}")
+    except Exception as exc:  # pragma: no cover - a dependency of these modules is missing
+        pytest.skip(f"mmpretrain's classifier modules could not be imported: {type(exc).__name__}: {exc}")
+    yield mm
+    if mm.stubbed:
+        for name in set(sys.modules) - before:
+            if name.startswith("mmpretrain.models"):
+                sys.modules.pop(name, None)
 
 
 # --------------------------------------------------------------------------- registry
@@ -211,18 +241,76 @@ def test_assertions_match(mm):
 
 
 def test_soft_labels_rejected(mm):
-    """Seesaw has no soft-label form: mmpretrain's shape assertion fails on (N, C) scores, the
-    plug-in says what to do instead (the LossMix form)."""
+    """Seesaw has no soft-label form beyond the two-class mixtures of Mixup / CutMix: mmpretrain's
+    shape assertion fails on any (N, C) scores, the plug-in names ``labels`` and counts nothing."""
     x = torch.randn(4, 3)
     soft = torch.softmax(torch.randn(4, 3), dim=1)
     with pytest.raises(AssertionError):
         mm.own.SeesawLoss(num_classes=3)(x, soft)
     fused = mm.plugin.SeesawLoss(num_classes=3)
-    with pytest.raises(TypeError, match="labels_b"):
-        fused(x, soft)
+    one_hot = torch.eye(3)[[0, 1, 2, 0]]
+    for bad in (soft,                                      # three classes per row
+                one_hot * 0.9,                             # rows that do not sum to 1
+                one_hot * 2 - torch.eye(3)[[1, 2, 0, 1]],  # a negative score
+                torch.zeros(4, 3)):
+        with pytest.raises(ValueError, match="labels"):
+            fused(x, bad)
+    with pytest.raises(ValueError, match="labels"):
+        fused(x, one_hot[:, :2].contiguous())             # (N, C') scores of another width
+    with pytest.raises(ValueError, match="labels_b"):
+        fused(x, one_hot, labels_b=torch.tensor([0, 1, 2, 0]), lam=0.5)
     with pytest.raises(ValueError, match="weight"):
         fused(x, torch.tensor([0, 1, 2, 0]), torch.ones(4, 1))
     assert fused.cum_samples.sum() == 0
+
+
+def _decoded(scores):
+    """(labels_a, labels_b) of two-class score rows, read with a plain loop (the test's own):
+    the non-zero classes of each row, a one-class row's class twice."""
+    la, lb = [], []
+    for row in scores.tolist():
+        ks = [k for k, v in enumerate(row) if v != 0]
+        assert 1 <= len(ks) <= 2
+        la.append(ks[0])
+        lb.append(ks[-1])
+    return torch.tensor(la), torch.tensor(lb)
+
+
+@pytest.mark.parametrize("reduction,af", [("mean", "batch"), ("mean", None), ("sum", None), ("none", None)])
+def test_mixed_scores_are_the_lossmix_form(mm, mm_train, reduction, af):
+    """``loss(cls_score, gt_score)`` with the scores of mmpretrain's own Mixup / CutMix batch
+    augments (its real code) is LossMix: mmpretrain's seesaw_ce_loss of each row's two classes,
+    weighted by their scores, after mmpretrain's counting of both classes; an unmixed batch (the
+    one-hot scores of RandomBatchAugment's no-augment choice) counts each class twice."""
+    from mmpretrain.registry import BATCH_AUGMENTS
+    c, n = 6, 12
+    gen = torch.Generator().manual_seed(9)
+    ref, fused = mm.own.SeesawLoss(num_classes=c), MODELS.build(dict(type="SeesawLoss", num_classes=c))
+    augments = [BATCH_AUGMENTS.build(dict(type=t, alpha=a)) for t, a in (("Mixup", 0.8), ("CutMix", 1.0))]
+    for aug in augments + [None]:
+        np.random.seed(int(torch.randint(0, 1000, (1,), generator=gen)))  # the augments' λ and pairs
+        torch.manual_seed(int(torch.randint(0, 1000, (1,), generator=gen)))
+        labels = _labels(gen, n, c, "long_tail")
+        one_hot = torch.nn.functional.one_hot(labels, c).float()
+        scores = one_hot if aug is None else aug(torch.randn(n, 3, 8, 8), one_hot)[1]
+        la, lb = _decoded(scores)
+        w_a, w_b = scores.gather(1, la[:, None])[:, 0], scores.gather(1, lb[:, None])[:, 0]
+        w_b = torch.where(la == lb, torch.zeros_like(w_b), w_b)
+        ref(torch.zeros(n, c), la)  # mmpretrain's own counting, one class set after the other
+        ref(torch.zeros(n, c), lb)
+        x = torch.randn(n, c, generator=gen) * 2
+        xr, xf = x.clone().requires_grad_(True), x.clone().requires_grad_(True)
+        avg = n if af == "batch" else None
+        args = (ref.cum_samples, c, ref.p, ref.q, ref.eps, reduction, avg)
+        want = mm.own.seesaw_ce_loss(xr, la, w_a, *args) + mm.own.seesaw_ce_loss(xr, lb, w_b, *args)
+        got = fused(xf, scores, avg_factor=avg, reduction_override=reduction)
+        assert torch.equal(fused.cum_samples, ref.cum_samples)
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+        up = torch.rand(want.shape, generator=gen) + 0.5
+        (want * up).sum().backward()
+        (got * up).sum().backward()
+        torch.testing.assert_close(xf.grad, xr.grad, rtol=1e-5, atol=1e-6)
+    assert fused.cum_samples.sum() == 3 * 2 * n  # two classes counted per sample
 
 
 @pytest.mark.parametrize("reduction,af,scalar_lam", [("mean", None, False), ("mean", 6, True), ("sum", None, False),
@@ -257,6 +345,58 @@ def test_lossmix_form(mm, reduction, af, scalar_lam):
     with pytest.raises(ValueError, match="labels_b"):
         fused(x, la, labels_b=torch.full((n,), c), lam=0.5)
     assert torch.equal(fused.cum_samples, ref.cum_samples)  # failed calls counted nothing
+
+
+def test_config_trains_lossmix_seesaw(mm_train):
+    """One config, built through mmpretrain's registry: ImageClassifier with mmpretrain's Mixup /
+    CutMix batch augments (``train_cfg``) and ``loss=dict(type="SeesawLoss")`` — the plug-in's,
+    which reads the mixed gt_score as LossMix. Two ``train_step`` calls (data preprocessor,
+    augments, head, loss, backward, SGD step): mixed scores reach the loss, the loss is finite,
+    the weights move, and both classes of every sample are counted."""
+    from mmengine.optim import OptimWrapper
+    from mmpretrain.structures import DataSample
+    c, n = 5, 8
+    cfg = dict(
+        type="ImageClassifier",
+        backbone=dict(type="LeNet5"),
+        neck=dict(type="GlobalAveragePooling"),
+        head=dict(type="LinearClsHead", num_classes=c, in_channels=120,
+                  loss=dict(type="SeesawLoss", num_classes=c, p=0.8, q=2.0)),
+        data_preprocessor=dict(type="ClsDataPreprocessor", num_classes=c, mean=[127.5], std=[127.5]),
+        train_cfg=dict(augments=[dict(type="Mixup", alpha=0.8), dict(type="CutMix", alpha=1.0)]),
+    )
+    torch.manual_seed(0)
+    np.random.seed(0)
+    model = MODELS.build(cfg)
+    loss_module = model.head.loss_module
+    assert type(loss_module) is mm_train.plugin.SeesawLoss
+    optim = OptimWrapper(torch.optim.SGD(model.parameters(), lr=0.05))
+    gen = torch.Generator().manual_seed(1)
+    seen_scores = []
+    original = loss_module.forward
+
+    def spy(cls_score, labels, *args, **kwargs):
+        seen_scores.append(labels.detach().clone())
+        return original(cls_score, labels, *args, **kwargs)
+
+    loss_module.forward = spy
+    for step in range(2):
+        labels = _labels(gen, n, c, "uniform")
+        data = dict(inputs=[torch.randint(0, 256, (1, 32, 32), dtype=torch.uint8, generator=gen) for _ in range(n)],
+                    data_samples=[DataSample().set_gt_label(int(y)) for y in labels])
+        before = [p.detach().clone() for p in model.parameters()]
+        log = model.train_step(data, optim)
+        assert torch.isfinite(log["loss"]), log
+        assert all(torch.isfinite(p).all() for p in model.parameters())
+        assert any(not torch.equal(p, q) for p, q in zip(model.parameters(), before))
+        scores = seen_scores[-1]
+        assert scores.shape == (n, c) and scores.is_floating_point()
+        assert ((scores > 0) & (scores < 1)).any(), "the batch augments did not mix"
+        assert loss_module.cum_samples.sum() == 2 * n * (step + 1)
+        # the pairing is a permutation and no λ is 0 or 1 here: the two classes of the rows are
+        # the labels and their partners' labels (the same class twice for a same-class partner)
+        la, lb = _decoded(scores)
+        assert torch.equal(torch.sort(torch.cat([la, lb])).values, torch.sort(torch.cat([labels, labels])).values)
 
 
 # --------------------------------------------------------------------------- clean process

@@ -1,22 +1,28 @@
-"""``lossmix_ext.integrations.timm.Mixup`` against timm's own ``timm.data.Mixup``.
+"""``lossmix_ext.integrations.timm.Mixup`` / ``FastCollateMixup`` against timm's own
+``timm.data.Mixup`` / ``timm.data.FastCollateMixup``.
 
 Equality is checked by replaying our draws (λ, CutMix flags, boxes) inside timm's class: its
 parameter methods and ``cutmix_bbox_and_lam`` are replaced by ones returning our draws, and
-everything else — the per-sample loop, the mixing arithmetic, λ correction, ``mixup_target``
-— is timm's code. Tests that need no timm check the formulas directly.
+everything else — the per-sample loop, the mixing arithmetic and its rounding, λ correction,
+``mixup_target`` — is timm's code. Tests that need no timm check the formulas directly. The
+training loop through timm's loader and model is in ``test_timm_training_loop.py``.
 """
 from __future__ import annotations
 
 import math
+import pickle
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 
 import lossmix_ext as L
-from lossmix_ext.integrations.timm import Mixup, mixup_target
+import lossmix_ext.integrations.timm as plugin
+from lossmix_ext import _reference as R
+from lossmix_ext.integrations.timm import FastCollateMixup, Mixup, mixup_target
 
 from benchmarks.frameworks import import_timm
 
@@ -40,12 +46,15 @@ def _batch(b, h=16, w=20, k=10, seed=0):
     return torch.randn(b, 3, h, w, generator=g), torch.randint(0, k, (b,), generator=g)
 
 
-def _timm_replay(mode, draw, x, target, **kw):
-    """timm's Mixup on ``x`` (mutated) with our draws."""
+def _timm_replay(mode, draw, x, target, cls="Mixup", **kw):
+    """timm's ``Mixup`` on ``x`` (mutated) with our draws; ``cls="FastCollateMixup"``: timm's
+    collate on the batch ``x`` (a list of (image, label))."""
     import timm.data.mixup as TM
-    ref = TM.Mixup(mode=mode, num_classes=10, **kw)
+    ref = getattr(TM, cls)(mode=mode, num_classes=kw.pop("num_classes", 10), **kw)
     if mode == "batch":
-        ref._params_per_batch = lambda: (float(draw.lam_raw[0]), bool(draw.use_cutmix[0]))
+        # timm's per-batch draw says "no CutMix" when the batch is not mixed (λ = 1)
+        ref._params_per_batch = lambda: (float(draw.lam_raw[0]),
+                                         bool(draw.use_cutmix[0]) and float(draw.lam_raw[0]) != 1.0)
     else:
         ref._params_per_elem = lambda n: (draw.lam_raw.numpy().copy(), draw.use_cutmix.numpy().copy())
     # the boxes, in the order timm asks for them (sets with CutMix and λ != 1), as (yl, yh, xl, xh)
@@ -55,7 +64,7 @@ def _timm_replay(mode, draw, x, target, **kw):
     saved = TM.cutmix_bbox_and_lam
     TM.cutmix_bbox_and_lam = lambda *a, **k: next(calls)
     try:
-        return ref(x, target)
+        return ref(x) if cls == "FastCollateMixup" else ref(x, target)
     finally:
         TM.cutmix_bbox_and_lam = saved
 
@@ -140,6 +149,206 @@ def test_constructor_matches_timm_signature():
     assert [p.name for p in theirs] == [p for p in ours if ours[p].kind != inspect.Parameter.KEYWORD_ONLY][1:]
 
 
+@needs_timm
+@pytest.mark.parametrize("mode", MODES)
+def test_feature_batches_equal_timm(mode):
+    """Mixup without CutMix mixes any (B, ...) batch, as timm does: feature vectors (B, D)."""
+    for shape in [(6, 5), (6, 4, 3), (6,)]:
+        x, t = torch.rand(shape), torch.arange(6) % 5
+        ours = Mixup(mixup_alpha=1.0, cutmix_alpha=0.0, mode=mode, num_classes=5,
+                     generator=torch.Generator().manual_seed(7))
+        draw = ours.draw(6, 1, 1)
+        want_x, want_t = _timm_replay(mode, draw, x.clone(), t, mixup_alpha=1.0, cutmix_alpha=0.0, num_classes=5)
+        ours.generator = torch.Generator().manual_seed(7)
+        got_x, got_t = ours(x.clone(), t)
+        torch.testing.assert_close(got_x, want_x, rtol=1e-6, atol=1e-6)
+        torch.testing.assert_close(got_t, want_t, rtol=0, atol=0)
+    # the issue's example
+    _, soft = Mixup(mixup_alpha=1.0, cutmix_alpha=0.0, num_classes=5)(torch.rand(6, 5), torch.arange(6) % 5)
+    assert soft.shape == (6, 5)
+    with pytest.raises(ValueError, match="x must be .B, C, H, W. for CutMix"):
+        Mixup(mixup_alpha=1.0, cutmix_alpha=1.0, num_classes=5)(torch.rand(6, 5), torch.arange(6) % 5)
+
+
+@needs_timm
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("mode", MODES)
+def test_half_precision_equals_timm_within_its_rounding(mode, dtype):
+    """bf16 / fp16 batches: timm rounds each of its ops to the batch's dtype, the plug-in mixes in
+    float32 and rounds once, so the two agree to the dtype's rounding."""
+    kw = CONFIGS["both"]
+    x, t = _batch(8)
+    x = x.to(dtype)
+    ours = Mixup(mode=mode, num_classes=10, generator=torch.Generator().manual_seed(2), **kw)
+    draw = ours.draw(8, 16, 20)
+    want_x, want_t = _timm_replay(mode, draw, x.clone(), t, **kw)
+    ours.generator = torch.Generator().manual_seed(2)
+    got_x, got_t = ours(x.clone(), t)
+    assert got_x.dtype == dtype
+    # timm's products are rounded to the dtype before they are added: up to an ulp of the operands
+    eps = torch.finfo(dtype).eps
+    torch.testing.assert_close(got_x, want_x, rtol=eps, atol=eps * float(x.abs().max()))
+    # timm's elem / pair modes round λ of the targets to the dtype too; the plug-in keeps float32
+    assert got_t.dtype == want_t.dtype == torch.float32
+    torch.testing.assert_close(got_t, want_t, rtol=0, atol=eps if mode != "batch" else 0)
+
+
+# ------------------------------------------------------------------ FastCollateMixup
+COLLATE_MODES = ("elem", "pair", "batch", "half")
+PATHS = ["torch"] + (["native"] if hasattr(torch.ops.lossmix_ext, "timm_collate_mix_") else [])
+
+
+@pytest.fixture(params=PATHS)
+def collate_path(request, monkeypatch):
+    """The native kernel (lossmix_ext._C) or the plain torch ops used without it."""
+    monkeypatch.setattr(plugin, "_NATIVE_COLLATE", request.param == "native")
+    return request.param
+
+
+def _samples(b, layout, seed, shape=(12, 14, 3)):
+    """b (image, label) pairs as timm's datasets give them: ``hwc`` = CHW views of HWC arrays
+    (timm's ToNumpy), ``chw`` = contiguous arrays, ``tensor`` = uint8 tensors, ``features`` =
+    1-D arrays."""
+    rng = np.random.default_rng(seed)
+    out = []
+    for _ in range(b):
+        a = rng.integers(0, 256, shape, dtype=np.uint8)
+        if layout == "hwc":
+            a = np.rollaxis(a, 2)
+        elif layout == "chw":
+            a = np.ascontiguousarray(np.rollaxis(a, 2))
+        elif layout == "tensor":
+            a = torch.from_numpy(np.ascontiguousarray(np.rollaxis(a, 2)))
+        else:
+            a = a.reshape(-1)
+        out.append((a, int(rng.integers(0, 10))))
+    return out
+
+
+def _copy(batch):
+    return [(a.copy() if isinstance(a, np.ndarray) else a.clone(), y) for a, y in batch]
+
+
+def _collate_both(mode, batch, seed, h=12, w=14, **kw):
+    """(ours, timm's replaying our draws) for one batch."""
+    ours = FastCollateMixup(mode=mode, num_classes=10, generator=torch.Generator().manual_seed(seed), **kw)
+    draw = ours.draw(len(batch), h, w)
+    want = _timm_replay(mode, draw, _copy(batch), None, cls="FastCollateMixup", **kw)
+    ours.generator = torch.Generator().manual_seed(seed)
+    return ours(batch), want
+
+
+@needs_timm
+@pytest.mark.parametrize("config", list(CONFIGS))
+@pytest.mark.parametrize("mode", COLLATE_MODES)
+def test_collate_equals_timm_for_the_same_draws(collate_path, mode, config):
+    """Bit-identical uint8 batch (timm's float32 arithmetic and rounding) and soft targets."""
+    kw = CONFIGS[config]
+    for seed, layout in enumerate(("hwc", "chw", "tensor")):
+        batch = _samples(8, layout, seed)
+        before = _copy(batch)
+        (got_x, got_t), (want_x, want_t) = _collate_both(mode, batch, seed, **kw)
+        assert got_x.dtype == torch.uint8 and got_x.is_contiguous()
+        assert got_x.shape == want_x.shape == ((4,) if mode == "half" else (8,)) + (3, 12, 14)
+        assert torch.equal(got_x, want_x), f"{int((got_x != want_x).sum())} pixels differ"
+        assert got_t.dtype == want_t.dtype and torch.equal(got_t, want_t)
+        for (a, _), (b, _) in zip(batch, before):  # the samples are left as they were
+            assert np.array_equal(np.asarray(a), np.asarray(b))
+
+
+@needs_timm
+def test_collate_rounds_as_timm_where_a_fused_multiply_add_would_not(collate_path):
+    """Pixel pairs (a, b) and λ whose mix x_a·λ + x_b·(1−λ) rounds to a different integer when
+    the products are fused (one rounding less): timm rounds each product, so must the plug-in."""
+    a = np.arange(256, dtype=np.float32)[:, None]
+    b = np.arange(256, dtype=np.float32)[None, :]
+    rng = np.random.default_rng(3)
+    found = None
+    for lam in rng.random(400).astype(np.float32):
+        m = np.float32(1) - lam
+        plain = np.rint(a * lam + b * m)
+        fused = np.rint((a.astype(np.float64) * np.float64(lam) + (b * m).astype(np.float64)).astype(np.float32))
+        ys, xs = np.nonzero(plain != fused)
+        if len(ys):
+            found = lam, ys, xs
+            break
+    assert found is not None
+    lam, ys, xs = found
+    ys, xs = np.resize(ys, 37), np.resize(xs, 37)  # rows of 37: the native kernel's vector loop and its tail
+    img_a = np.broadcast_to(ys.astype(np.uint8)[None, None, :], (3, 2, len(ys))).copy()
+    img_b = np.broadcast_to(xs.astype(np.uint8)[None, None, :], (3, 2, len(xs))).copy()
+    batch = [(img_a, 0), (img_b, 1)]
+    ours = FastCollateMixup(mode="batch", mixup_alpha=1.0, num_classes=10)
+    draw = plugin.MixDraw(lam_raw=torch.tensor([float(lam)]), use_cutmix=torch.tensor([False]),
+                          boxes=torch.zeros(1, 4, dtype=torch.long), lam=torch.tensor([float(lam)]))
+    ours.draw = lambda *args, **kwargs: draw
+    want_x, _ = _timm_replay("batch", draw, _copy(batch), None, cls="FastCollateMixup", mixup_alpha=1.0)
+    from lossmix_ext import _ops
+    isas = _ops._native.cpu_isas().split(",") if collate_path == "native" else ["-"]
+    try:
+        for isa in isas:  # both instances of the native row functions (baseline, AVX2)
+            if collate_path == "native":
+                assert _ops._native.set_cpu_isa(isa)
+            got_x, _ = ours(batch)
+            assert torch.equal(got_x, want_x), isa
+    finally:
+        if collate_path == "native":
+            _ops._native.set_cpu_isa("auto")
+    plain = np.rint(ys.astype(np.float32) * lam + xs.astype(np.float32) * (np.float32(1) - lam))
+    assert torch.equal(got_x[0, 0, 0], torch.from_numpy(plain.astype(np.uint8)))
+    fused = np.rint((ys * np.float64(lam) + (xs.astype(np.float32) * (np.float32(1) - lam)).astype(np.float64))
+                    .astype(np.float32))
+    assert (got_x[0, 0, 0].numpy() != fused).all()  # what a fused multiply-add would have given
+
+
+@needs_timm
+@pytest.mark.parametrize("mode", COLLATE_MODES)
+def test_collate_feature_samples_and_disabled_equal_timm(collate_path, mode):
+    kw = dict(mixup_alpha=1.0, cutmix_alpha=0.0)
+    batch = _samples(6, "features", 4, shape=(5, 7))
+    (got_x, got_t), (want_x, want_t) = _collate_both(mode, batch, 4, **kw)
+    assert torch.equal(got_x, want_x) and torch.equal(got_t, want_t)
+    assert got_x.shape == ((3,) if mode == "half" else (6,)) + (35,)
+    # mixup_enabled = False: the batch as it is, smoothed one-hot targets (timm's switch)
+    import timm.data.mixup as TM
+    batch = _samples(6, "hwc", 5)
+    ours, ref = FastCollateMixup(mode=mode, num_classes=10), TM.FastCollateMixup(mode=mode, num_classes=10)
+    ours.mixup_enabled = ref.mixup_enabled = False
+    (got_x, got_t), (want_x, want_t) = ours(batch), ref(_copy(batch))
+    assert torch.equal(got_x, want_x) and torch.equal(got_t, want_t)
+    # multi-label dense targets
+    dense = [(a, (torch.rand(10) < 0.3).float()) for a, _ in _samples(6, "tensor", 6)]
+    (got_x, got_t), (want_x, want_t) = _collate_both(mode, dense, 6, multi_label=True, cutmix_alpha=1.0)
+    assert torch.equal(got_x, want_x) and torch.equal(got_t, want_t)
+
+
+@needs_timm
+def test_collate_is_timms_class_for_its_loader():
+    """timm's PrefetchLoader reads and sets ``mixup_enabled`` of the collate only when it is a
+    ``timm.data.FastCollateMixup`` (train.py's --mixup-off-epoch); pickling keeps the class."""
+    import inspect
+
+    import timm.data.mixup as TM
+    from timm.data.loader import PrefetchLoader
+    fn = FastCollateMixup(mixup_alpha=0.8, cutmix_alpha=1.0, num_classes=10)
+    assert isinstance(fn, TM.FastCollateMixup) and isinstance(fn, FastCollateMixup) and isinstance(fn, Mixup)
+    loader = torch.utils.data.DataLoader(_samples(4, "hwc", 0), batch_size=4, collate_fn=fn)
+    pre = PrefetchLoader(loader, device=torch.device("cpu"))
+    assert pre.mixup_enabled is True
+    pre.mixup_enabled = False
+    assert fn.mixup_enabled is False
+    again = pickle.loads(pickle.dumps(fn))
+    assert type(again) is type(fn) and again.mixup_enabled is False and again.mode == fn.mode
+    x, t = again(_samples(4, "hwc", 1))
+    assert x.shape == (4, 3, 12, 14) and t.shape == (4, 10)
+    assert "FastCollateMixup(mixup_alpha=0.8" in repr(fn)
+    theirs = list(inspect.signature(TM.FastCollateMixup.__init__).parameters)
+    assert [p for p, v in inspect.signature(FastCollateMixup.__init__).parameters.items()
+            if v.kind != inspect.Parameter.KEYWORD_ONLY] == theirs
+    theirs_call = list(inspect.signature(TM.FastCollateMixup.__call__).parameters)
+    assert list(inspect.signature(FastCollateMixup.__call__).parameters) == theirs_call
+
+
 # ------------------------------------------------------------------ without timm: the formulas
 def test_soft_target_formula():
     t = torch.tensor([0, 3, 3, 1, 2])
@@ -174,6 +383,150 @@ def test_odd_batches_mix_as_the_formula_says(mode, b):
     m.generator = torch.Generator().manual_seed(b)
     _, soft = m(x.clone(), t)
     torch.testing.assert_close(soft[mid], F.one_hot(t[mid], 10).float() * 0.9 + 0.01, rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("chunk_bytes", [1, 2000, 1 << 40])
+@pytest.mark.parametrize("b", [1, 6, 7])
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_half_precision_uses_the_float32_kernel(monkeypatch, chunk_bytes, b, channels_last):
+    """bf16 / fp16 CPU batches are mixed by the cpu backend's float32 kernel a few pairs at a
+    time (never by the torch kernels, about 40x slower): the result is the reference's (float32
+    maths, one rounding to the dtype) to one rounding."""
+    if "cpu" not in L.available_backends("cpu", op="mix_images_"):
+        pytest.skip("the native cpu backend is not built")
+    from lossmix_ext.backends import torch as torch_kernels
+
+    def refuse(*a, **k):
+        raise AssertionError("the torch kernel was called")
+
+    monkeypatch.setattr(plugin, "_HALF_CHUNK_BYTES", chunk_bytes)  # 1: one pair per step
+    for dtype in (torch.bfloat16, torch.float16):
+        x, t = _batch(b)
+        x = x.to(dtype)
+        if channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        for mode in MODES:
+            m = Mixup(mode=mode, mixup_alpha=0.8, cutmix_alpha=1.0, num_classes=10,
+                      generator=torch.Generator().manual_seed(b))
+            y = x.clone()
+            with monkeypatch.context() as mp:  # the torch kernel, as registered and as the cpu backend calls it
+                mp.setitem(L._backend._kernels, ("mix_images_", "torch"), refuse)
+                mp.setattr(torch_kernels, "mix_images_inplace", refuse)
+                got, plan = m.mix(y)
+            assert got is y and y.dtype == dtype and y.is_contiguous(memory_format=torch.channels_last) == channels_last
+            want = R.mix_images(x, plan.pixel_lam, plan.index, plan.boxes)
+            torch.testing.assert_close(y, want)
+    # an explicit backend="torch" is honoured
+    assert not plugin._half_through_float32(x, "torch")
+    assert plugin._half_through_float32(x, None) and not plugin._half_through_float32(x.float(), None)
+
+
+def test_half_precision_scratch_buffer_follows_the_batch(monkeypatch):
+    """One Mixup on batches of other sizes, layouts and dtypes: the float32 scratch of the
+    detour is reused when it fits and made again when not; every result is the reference's."""
+    if "cpu" not in L.available_backends("cpu", op="mix_images_"):
+        pytest.skip("the native cpu backend is not built")
+    monkeypatch.setattr(plugin, "_HALF_CHUNK_BYTES", 8000)
+    m = Mixup(mode="elem", mixup_alpha=0.8, cutmix_alpha=1.0, num_classes=10,
+              generator=torch.Generator().manual_seed(0))
+    buffers = []
+    for b, dtype, cl, (h, w) in [(8, torch.bfloat16, False, (16, 20)), (8, torch.float16, False, (16, 20)),
+                                 (5, torch.bfloat16, True, (16, 20)), (8, torch.bfloat16, False, (9, 7))]:
+        x = torch.randn(b, 3, h, w).to(dtype)
+        if cl:
+            x = x.contiguous(memory_format=torch.channels_last)
+        y, plan = m.mix(x.clone())
+        torch.testing.assert_close(y, R.mix_images(x, plan.pixel_lam, plan.index, plan.boxes))
+        buffers.append(m._half_buffer)
+    assert buffers[0] is buffers[1] and buffers[2] is not buffers[1] and buffers[3] is not buffers[2]
+
+
+def test_half_precision_checks_the_batch_first():
+    x = _batch(4)[0].to(torch.bfloat16).requires_grad_(True)
+    with pytest.raises(ValueError, match="x requires grad"):
+        Mixup(num_classes=10)(x, torch.arange(4))
+    y = _batch(1)[0].to(torch.bfloat16).expand(4, 3, 16, 20)
+    with pytest.raises(ValueError, match="x has elements that share memory"):
+        Mixup(num_classes=10)(y, torch.arange(4))
+
+
+
+@pytest.mark.parametrize("mode", COLLATE_MODES)
+@pytest.mark.parametrize("b", [1, 5, 8])
+def test_collate_formula_and_paths_agree(mode, b):
+    """Without timm: row i of the batch is sample i mixed with sample B−1−i as the plan says
+    (rint of the float32 mix, the partner inside the box), the same from the native kernel and
+    from the torch ops; odd batches keep the middle sample (its own partner)."""
+    batch = _samples(b, "hwc", b)
+    x = torch.stack([torch.from_numpy(np.ascontiguousarray(a)) for a, _ in batch])
+    n = b // 2 if mode == "half" else b
+    results = []
+    for native in PATHS:
+        fn = FastCollateMixup(mode=mode, mixup_alpha=0.8, cutmix_alpha=1.0, prob=0.9, num_classes=10,
+                              generator=torch.Generator().manual_seed(b))
+        plugin._NATIVE_COLLATE = native == "native"
+        try:
+            results.append(fn(batch))
+        finally:
+            plugin._NATIVE_COLLATE = None
+    got, soft = results[0]
+    for other, other_soft in results[1:]:
+        assert torch.equal(got, other) and torch.equal(soft, other_soft)
+    assert got.shape == (n, 3, 12, 14) and soft.shape == (n, 10)
+    fn.generator = torch.Generator().manual_seed(b)
+    d = fn.draw(b, 12, 14)
+    if mode == "half":  # sample i < B/2 with B−1−i, one draw each
+        pix, boxes, lam = torch.where(d.use_cutmix, torch.ones(n), d.lam_raw), d.boxes, d.lam
+    else:  # Mixup's plan: pixel λ (1 for CutMix samples outside the box), boxes, target λ
+        p = fn.plan(d, b)
+        pix, boxes, lam = p.pixel_lam, p.boxes, p.lam
+    partner = torch.arange(b - 1, -1, -1)[:n]
+    pix = pix[:n].view(-1, 1, 1, 1)
+    want = (x[:n].float() * pix + x[partner].float() * (1 - pix)).round().to(torch.uint8)
+    inside = R.cutmix_mask(boxes[:n], 12, 14).unsqueeze(1)
+    want = torch.where(inside, x[partner], want)
+    if b % 2 and mode != "half":
+        want[b // 2] = x[b // 2]
+    assert torch.equal(got, want)
+    t = torch.tensor([y for _, y in batch])
+    full_lam = torch.cat([lam[:n], torch.ones(b - n)]) if mode == "half" else lam
+    torch.testing.assert_close(soft, mixup_target(t, 10, full_lam, 0.1)[:n], rtol=0, atol=0)
+
+
+def test_collate_in_a_loader_worker():
+    """In a DataLoader worker the batch is made in shared memory (as default_collate makes it:
+    nothing is copied to hand it over); a generator given to the collate is copied into the
+    worker with its state, so the worker's batch is the one collated here."""
+    samples = _samples(8, "hwc", 3)
+    kw = dict(mixup_alpha=0.8, cutmix_alpha=1.0, num_classes=10)
+    fn = FastCollateMixup(generator=torch.Generator().manual_seed(4), **kw)
+    loader = torch.utils.data.DataLoader(samples, batch_size=8, collate_fn=fn, num_workers=1)
+    (x, t), = list(loader)
+    assert x.is_shared() and x.is_contiguous() and x.dtype == torch.uint8
+    want_x, want_t = FastCollateMixup(generator=torch.Generator().manual_seed(4), **kw)(samples)
+    assert not want_x.is_shared()
+    assert torch.equal(x, want_x) and torch.equal(t, want_t)
+
+
+def test_collate_bad_batches_name_the_batch():
+    fn = FastCollateMixup(mixup_alpha=0.8, cutmix_alpha=1.0, num_classes=10)
+    good = _samples(4, "hwc", 0)
+    for bad, exc in [(None, TypeError), ([], ValueError), ([good[0][0]] * 4, TypeError),
+                     ([(a.astype(np.float32), y) for a, y in good], TypeError),
+                     ([(a.tolist(), y) for a, y in good], TypeError),
+                     (good[:2] + _samples(2, "hwc", 1, shape=(10, 14, 3)), ValueError),
+                     (_samples(4, "features", 0), ValueError),
+                     ([(a, float(y) + 0.5) for a, y in good], ValueError)]:
+        with pytest.raises(exc, match="batch"):
+            fn(bad)
+    with pytest.raises(ValueError, match="mode"):
+        FastCollateMixup(mode="halfpair")
+    if torch.cuda.is_available():
+        with pytest.raises(ValueError, match="generator"):
+            FastCollateMixup(num_classes=10, generator=torch.Generator("cuda"))(good)
+    # mixup only: any one shape per sample
+    x, t = FastCollateMixup(mixup_alpha=1.0, num_classes=10)(_samples(4, "features", 0))
+    assert x.shape == (4, 504) and x.dtype == torch.uint8 and t.shape == (4, 10)
 
 
 def test_draws_are_distributed_as_timm_draws():
@@ -251,7 +604,12 @@ def test_no_timm_needed():
             "from lossmix_ext.integrations.timm import Mixup\n"
             "x, t = torch.randn(4, 3, 8, 8), torch.tensor([0, 1, 2, 3])\n"
             "y, s = Mixup(mode='elem', cutmix_alpha=1.0, num_classes=4)(x, t)\n"
-            "assert s.shape == (4, 4)\n")
+            "assert s.shape == (4, 4)\n"
+            "from lossmix_ext.integrations.timm import FastCollateMixup\n"
+            "fn = FastCollateMixup(mode='pair', cutmix_alpha=1.0, num_classes=4)\n"
+            "assert type(fn) is FastCollateMixup\n"
+            "b, s = fn([(torch.zeros(3, 8, 8, dtype=torch.uint8), k) for k in range(4)])\n"
+            "assert b.shape == (4, 3, 8, 8) and s.shape == (4, 4)\n")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr
 

@@ -7,6 +7,7 @@ torchvision's detection ops run next to the installed torch, and is skipped with
 elsewhere."""
 import os
 import re
+import textwrap
 
 import pytest
 import torch
@@ -47,6 +48,9 @@ def _standins():
         # timm's train script
         "mixup_args": dict(mixup_alpha=0.8, cutmix_alpha=1.0, label_smoothing=0.1, num_classes=C),
         "input": torch.randn(B, 3, H, W, generator=g), "target": torch.randint(0, C, (B,), generator=g),
+        # timm's dataset with the prefetcher: (uint8 CHW view of an HWC array, label) pairs
+        "samples": [(torch.randint(0, 256, (H, W, 3), dtype=torch.uint8, generator=g).numpy().transpose(2, 0, 1), k)
+                    for k in range(B)],
     }
 
 
@@ -83,7 +87,7 @@ def test_readme_has_python_blocks():
 
 @pytest.mark.parametrize("i", range(len(BLOCKS)), ids=lambda i: f"block{i}")
 def test_readme_block_runs(i):
-    code = BLOCKS[i]
+    code = textwrap.dedent(BLOCKS[i])  # a block inside a list item is indented
     ns = _standins()
     if TORCHVISION_PLUGIN in code:
         from benchmarks.frameworks import torchvision_detection_status

@@ -6,8 +6,11 @@ constructor (``use_sigmoid``, ``p``, ``q``, ``num_classes``, ``eps``, ``reductio
 reduction_override=None)``, a ``cum_samples`` buffer of C float32 counts (no background entry,
 same state-dict key and shape), C class logits (no objectness columns), counts added before the
 loss, ``mean`` over the N rows or ``sum / avg_factor`` (no eps, unlike mmdetection), times
-``loss_weight``. It adds the LossMix form ``forward(..., labels_b=..., lam=...)`` and the
-library's ``backend``, ``inplace_grad`` and ``sync_counts`` options.
+``loss_weight``. It adds the LossMix form ``forward(..., labels_b=..., lam=...)`` — also read
+from the soft targets of mmpretrain's Mixup / CutMix batch augments when ``labels`` are those
+scores, so that a config with ``train_cfg=dict(augments=[dict(type="Mixup", ...),
+dict(type="CutMix", ...)])`` and ``loss=dict(type="SeesawLoss", ...)`` trains LossMix + Seesaw as
+it is — and the library's ``backend``, ``inplace_grad`` and ``sync_counts`` options.
 
 It works without mmpretrain. When mmpretrain is importable, importing this module registers the
 class in ``mmpretrain.registry.MODELS`` under ``"SeesawLoss"`` (replacing mmpretrain's own
@@ -33,7 +36,7 @@ from ..functional import _avg_factor, _lossmix_pair_args, _seesaw_backend, seesa
 from ._registry import register_names
 from ..seesaw import Float32Counts
 
-__all__ = ["SeesawLoss", "register", "mmpretrain_models_status", "NAMES", "REGISTERED"]
+__all__ = ["SeesawLoss", "mixed_score_labels", "register", "mmpretrain_models_status", "NAMES", "REGISTERED"]
 
 #: The names under which :func:`register` puts :class:`SeesawLoss` in ``mmpretrain.registry.MODELS``.
 NAMES: Tuple[str, ...] = ("SeesawLoss", "FusedSeesawLoss")
@@ -57,9 +60,16 @@ class SeesawLoss(Float32Counts):
     (N,) in [0, 1]) counts both label sets and returns ``λ``-weighted loss on ``labels`` plus
     ``(1 − λ)``-weighted loss on ``labels_b``, each reduced as above.
 
-    Differences from mmpretrain's class, all deliberate: labels must be class indices — soft or
-    one-hot targets (mmpretrain's ``gt_score`` from batch augments) raise a ``TypeError``
-    that points to the LossMix form (mmpretrain fails its label-shape assertion); ``weight`` must be
+    Mixed scores: ``labels`` may also be the (N, C) soft targets of mmpretrain's Mixup / CutMix
+    batch augments (the ``gt_score`` that ``ClsHead`` passes when a config has
+    ``train_cfg=dict(augments=...)``). Each row mixes at most two classes, which give
+    ``labels``, ``labels_b`` and λ (:func:`mixed_score_labels`): the LossMix form above, with
+    both classes of every row counted (a one-class row — an unmixed batch, or a partner of the
+    same class — counts its class twice, so that every sample adds two counts). Other soft
+    targets raise a ``ValueError`` naming ``labels``.
+
+    Differences from mmpretrain's class, all deliberate: soft targets are read as above
+    (mmpretrain fails its label-shape assertion on any); ``weight`` must be
     (N,) (any dtype, as mmpretrain's ``weight.float()``); a failed call leaves ``cum_samples``
     unchanged (mmpretrain counts before it checks the reduction); a batch of N = 0 gives 0 with
     ``mean`` (mmpretrain: NaN); ``cum_samples`` stays float32 through ``.half()`` /
@@ -105,11 +115,11 @@ class SeesawLoss(Float32Counts):
         n, c = cls_score.shape
         dev = cls_score.device
         V.tensor(labels, "labels")
-        if labels.is_floating_point():
-            raise TypeError(
-                f"labels must be class indices of shape ({n},), got {labels.dtype} {tuple(labels.shape)}: "
-                f"Seesaw loss has no soft-label form; for mixup use LossMix, "
-                f"loss(cls_score, labels, labels_b=labels[index], lam=lam)")
+        if labels.is_floating_point():  # gt_score of mmpretrain's Mixup / CutMix: its LossMix form
+            if labels_b is not None or lam is not None:
+                raise ValueError("labels are scores (N, C) here, which give labels_b and lam themselves: "
+                                 "pass class indices with labels_b and lam, or the scores alone")
+            labels, labels_b, lam = mixed_score_labels(labels, n, c, dev)
         if labels.numel() != n:
             V.assert_arg(False, f"Expected `labels` shape [{n}], but got {list(labels.shape)}")
         if c != self.num_classes:
@@ -163,6 +173,39 @@ class SeesawLoss(Float32Counts):
         else:
             for lab in sets:  # count_labels_ checks `labels` before it adds
                 _ops.count_labels_(counts, lab)
+
+
+def mixed_score_labels(scores: Tensor, n: int, num_classes: int, device) -> Tuple[Tensor, Tensor, Tensor]:
+    """``(labels, labels_b, lam)`` of soft targets that mix at most two classes per row, as
+    mmpretrain's Mixup / CutMix batch augments make them (``λ·onehot(y) + (1−λ)·onehot(y[index])``,
+    the data samples' ``gt_score``): per row the class of the largest score, the class of the
+    second (the first again where the row holds one class) and λ = s₁ / (s₁ + s₂). The LossMix
+    loss ``λ·L(labels) + (1−λ)·L(labels_b)`` is then the scores' weighted sum of the two
+    classes' losses. Rows must be non-negative, sum to 1 (within 1e-3) and have at most two
+    non-zero entries (a value check: ``ValueError`` naming ``labels`` on CPU tensors, a device-side
+    assert on a GPU in the default validation mode)."""
+    if scores.dim() != 2 or scores.shape[0] != n:
+        raise ValueError(f"labels must be class indices ({n},) or scores ({n}, {num_classes}), got "
+                         f"{scores.dtype} {tuple(scores.shape)}")
+    if scores.shape[1] != num_classes:
+        V.assert_arg(False, f"The channel number of the labels' scores ({scores.shape[1]}) does not match the "
+                            f"`num_classes` of seesaw loss ({num_classes}).")
+    V.same_device(scores, "labels", device)
+    s = scores.float()
+    top_v, top_i = s.topk(min(2, num_classes), dim=1)
+    first, labels = top_v[:, 0], top_i[:, 0]
+    if num_classes > 1:
+        second = top_v[:, 1]
+        labels_b = torch.where(second > 0, top_i[:, 1], labels)
+    else:
+        second, labels_b = torch.zeros_like(first), labels
+    if n:
+        bad = (s < 0).any() | ((s != 0).sum(1) > 2).any() | ((first + second - 1).abs() > 1e-3).any()
+        V._check(bad, "labels given as scores (N, C) must mix at most two classes per row, with non-negative "
+                      "scores summing to 1 (mmpretrain's Mixup / CutMix gt_score); Seesaw loss has no other "
+                      "soft-label form")
+    lam = first / (first + second).clamp(min=torch.finfo(torch.float32).tiny)
+    return labels, labels_b, lam
 
 
 def _registry():

@@ -24,20 +24,22 @@ smoothing of the object; the fused mixed cross-entropy when there is none) — e
 """
 from __future__ import annotations
 
+import importlib
 import math
 from dataclasses import dataclass
 from numbers import Real
-from typing import Dict, Optional, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from .. import _backend, _reference
 from .. import _validation as V
-from ..functional import mix_images_, sample_beta
+from ..functional import _inplace_images, mix_images_, sample_beta
 from ..mix import MixPlan
 
-__all__ = ["Mixup", "MixDraw", "mixup_target"]
+__all__ = ["Mixup", "FastCollateMixup", "MixDraw", "mixup_target"]
 
 _MODES = ("batch", "pair", "elem")
 
@@ -110,6 +112,8 @@ class Mixup:
         backend: backend of the mixing kernel (default: automatic).
     """
 
+    _MODES = _MODES
+
     def __init__(self, mixup_alpha: float = 1.0, cutmix_alpha: float = 0.0,
                  cutmix_minmax: Optional[Sequence[float]] = None, prob: float = 1.0, switch_prob: float = 0.5,
                  mode: str = "batch", correct_lam: bool = True, label_smoothing: float = 0.1,
@@ -131,8 +135,8 @@ class Mixup:
             raise ValueError("one of mixup_alpha > 0, cutmix_alpha > 0 or cutmix_minmax must be set")
         self.mix_prob = _unit(prob, "prob")
         self.switch_prob = _unit(switch_prob, "switch_prob")
-        if mode not in _MODES:
-            raise ValueError(f"mode must be one of {_MODES}, got {mode!r}")
+        if mode not in self._MODES:
+            raise ValueError(f"mode must be one of {self._MODES}, got {mode!r}")
         self.mode = mode
         self.correct_lam = bool(correct_lam)
         self.label_smoothing = _unit(label_smoothing, "label_smoothing")
@@ -147,16 +151,17 @@ class Mixup:
         self.backend = backend
         self.mixup_enabled = True  # the training loop may switch mixing off (timm's attribute)
         self._flip: Dict[Tuple[int, torch.device], Tensor] = {}
+        self._half_buffer: Optional[Tensor] = None  # float32 scratch of the half-precision detour (below)
 
     # ------------------------------------------------------------------ draws
     def __repr__(self) -> str:
-        return (f"Mixup(mixup_alpha={self.mixup_alpha}, cutmix_alpha={self.cutmix_alpha}, "
+        return (f"{type(self).__name__}(mixup_alpha={self.mixup_alpha}, cutmix_alpha={self.cutmix_alpha}, "
                 f"cutmix_minmax={self.cutmix_minmax}, prob={self.mix_prob}, switch_prob={self.switch_prob}, "
                 f"mode={self.mode!r}, correct_lam={self.correct_lam}, label_smoothing={self.label_smoothing}, "
                 f"num_classes={self.num_classes})")
 
     def _sets(self, batch_size: int) -> int:
-        return batch_size if self.mode == "elem" else batch_size // 2 if self.mode == "pair" else 1
+        return batch_size if self.mode == "elem" else batch_size // 2 if self.mode in ("pair", "half") else 1
 
     def draw(self, batch_size: int, height: int, width: int, device=None) -> MixDraw:
         """The draws for a batch of ``batch_size`` images of ``height × width`` (see :class:`MixDraw`)."""
@@ -254,20 +259,27 @@ class Mixup:
             raise TypeError(f"x must be a floating tensor (the batch is mixed in place), got {x.dtype}")
         if x.dim() != 4 and self.cutmix_alpha > 0:
             raise ValueError(f"x must be (B, C, H, W) for CutMix, got shape {tuple(x.shape)}")
-        if x.dim() < 2 or x.shape[0] < 1:
+        if x.dim() < 1 or x.shape[0] < 1:
             raise ValueError(f"x must be a batch (B, ...) with B >= 1, got shape {tuple(x.shape)}")
         if self.generator is not None and self.generator.device.type != x.device.type:
             raise ValueError(f"the generator is on {self.generator.device} but x is on {x.device}")
 
     def mix(self, x: Tensor) -> Tuple[Tensor, MixPlan]:
-        """Mix ``x`` in place; return it with the :class:`~lossmix_ext.MixPlan` (the LossMix form)."""
+        """Mix ``x`` in place; return it with the :class:`~lossmix_ext.MixPlan` (the LossMix form).
+
+        ``x``: a floating batch (B, C, H, W), NCHW or channels_last; without CutMix
+        (``cutmix_alpha=0``) any batch (B, ...), e.g. feature vectors (B, D), as timm mixes them."""
         self._check_x(x)
         B = x.shape[0]
         h, w = (x.shape[-2], x.shape[-1]) if x.dim() == 4 else (1, 1)
         plan = self.plan(self.draw(B, h, w, x.device), B)
         if self.mixup_enabled:
-            mix_images_(x, plan.pixel_lam, plan.index,
-                        boxes=plan.boxes if self.cutmix_alpha > 0 else None, backend=self.backend)
+            boxes = plan.boxes if self.cutmix_alpha > 0 else None
+            if _half_through_float32(x, self.backend):
+                _inplace_images(x, "x")
+                self._half_buffer = _mix_half_through_float32_(x, plan.pixel_lam, boxes, self._half_buffer)
+            else:
+                mix_images_(x, plan.pixel_lam, plan.index, boxes=boxes, backend=self.backend)
         return x, plan
 
     def __call__(self, x: Tensor, target: Tensor) -> Tuple[Tensor, Tensor]:
@@ -297,3 +309,241 @@ class Mixup:
         eps = self.label_smoothing
         return plan.mix_loss(lambda o, t: F.cross_entropy(o, t, label_smoothing=eps, reduction="none"),
                              logits, target, reduction=reduction)
+
+
+# --------------------------------------------------------------------------- half precision on CPU
+# Interim, until the cpu backend mixes float16 / bfloat16 natively: its mix kernels take float32
+# and float64 and send half-precision batches to the torch kernels, about 40x slower than the
+# float32 kernel (bf16, 128x3x224x224: 282 ms against 6 ms for float32). Mixup keeps them on the
+# float32 kernel instead: the batch is converted into a float32 buffer kept on the Mixup object
+# (a fresh one costs its page faults at every call), mixed there and written back (one rounding
+# to the batch's dtype, as the torch kernels round). Batches beyond _HALF_CHUNK_BYTES of float32
+# go through the buffer in parts of whole pairs; smaller parts measured no faster on 2 cores,
+# and much slower when another process holds a core (every part is a few more parallel ops).
+# Everything of this detour is in this block and its one call in Mixup.mix; drop both once
+# lossmix_ext.backends.cpu mixes float16 / bfloat16 itself.
+_HALF = (torch.float16, torch.bfloat16)
+_HALF_CHUNK_BYTES = 128 << 20  # the float32 buffer holds at most this much
+
+
+def _half_through_float32(x: Tensor, backend: Optional[str]) -> bool:
+    """Whether ``x`` would otherwise go from the native cpu kernel to the slow torch kernels."""
+    return x.dtype in _HALF and x.device.type == "cpu" and _backend.resolve("mix_images_", backend, x.device) == "cpu"
+
+
+def _mix_half_through_float32_(x: Tensor, pixel_lam: Tensor, boxes: Optional[Tensor],
+                               buffer: Optional[Tensor] = None) -> Tensor:
+    """``mix_images_(x, pixel_lam, flip, boxes)`` for a float16 / bfloat16 CPU batch paired b ↔ B−1−b
+    (Mixup's pairing), through the cpu backend's float32 kernel, all pairs at once or as many as
+    ``_HALF_CHUNK_BYTES`` of float32 hold per step. Returns the float32 scratch buffer for the
+    next call (``buffer``: a previous one, reused when it fits: a fresh allocation of this size
+    costs page faults at every call)."""
+    B = x.shape[0]
+    half = B // 2  # pairs (i, B-1-i); an odd batch's middle sample is its own partner: unchanged
+    per_sample = max(1, x[0].numel()) * 4
+    k = max(1, min(half, _HALF_CHUNK_BYTES // (2 * per_sample)))
+    like = x[: 2 * k]
+    if (buffer is None or buffer.shape != like.shape or buffer.stride() != torch.empty_like(like).stride()):
+        buffer = torch.empty_like(like, dtype=torch.float32)
+    flip = torch.arange(2 * k - 1, -1, -1)
+    for i0 in range(0, half, k):
+        i1 = min(half, i0 + k)
+        n = i1 - i0
+        lo, hi = slice(i0, i1), slice(B - i1, B - i0)  # row r < n of the buffer pairs with row 2n-1-r
+        b = buffer[: 2 * n]
+        b[:n].copy_(x[lo])
+        b[n:].copy_(x[hi])
+        lam = torch.cat([pixel_lam[lo], pixel_lam[hi]])
+        bx = None if boxes is None else torch.cat([boxes[lo], boxes[hi]])
+        mix_images_(b, lam, flip[2 * (k - n):] if n < k else flip, boxes=bx, backend="cpu")
+        x[lo].copy_(b[:n])
+        x[hi].copy_(b[n:])
+    return buffer
+
+
+# --------------------------------------------------------------------------- FastCollateMixup
+class FastCollateMixup(Mixup):
+    """A drop-in for ``timm.data.FastCollateMixup``: Mixup / CutMix while collating, as timm's
+    training script does with its prefetcher (the default)::
+
+        from lossmix_ext.integrations.timm import FastCollateMixup   # instead of timm.data's
+        collate_fn = FastCollateMixup(**mixup_args)
+        loader = timm.data.create_loader(dataset, ..., collate_fn=collate_fn, use_prefetcher=True)
+
+    The constructor is timm's (``mode`` also ``"half"``: mix the first half of the batch with the
+    second and return the first half). ``collate(batch)`` takes a list of ``(image, label)``
+    with uint8 images — NumPy arrays (timm's ``ToNumpy`` gives CHW views of HWC arrays) or CPU
+    tensors, all of one shape, (C, H, W) for CutMix — and returns a uint8 batch (B, C, H, W)
+    (B/2 rows in ``half`` mode), contiguous, and the soft targets (float32), as timm's.
+
+    Identical to timm's for the same draws: the pairing (b with B−1−b), λ and boxes (timm 1.0's
+    rules, λ corrected from the clipped box), the mixed pixels (timm's float32 arithmetic, two
+    products and a sum each rounded, then rounded half to even) and the soft targets. The
+    draws come from torch's CPU generator (``generator=``, else the default one, which
+    ``DataLoader`` seeds differently in each worker — a ``generator`` given here is copied into
+    every worker with the same state, so leave it None there); the batch is written in one
+    pass per image row by a native kernel (``lossmix_ext._C``; plain torch ops without it),
+    into shared memory in a DataLoader worker (as ``default_collate``), with no per-sample
+    Python loop and without changing the samples (timm's ``half`` mode pastes
+    CutMix boxes into its input samples). Odd batches work (the middle sample is its own
+    partner); images must be uint8; an unknown ``mode`` is an error.
+
+    When timm is importable, instances are also instances of ``timm.data.FastCollateMixup``
+    (the object's class derives from both), so that timm's ``PrefetchLoader.mixup_enabled``,
+    which ``train.py`` uses to switch mixing off after ``--mixup-off-epoch``, finds it.
+    """
+
+    _MODES = _MODES + ("half",)
+
+    def __new__(cls, *args, **kwargs):
+        if cls is FastCollateMixup:
+            cls = _timm_collate_class() or cls
+        return super().__new__(cls)
+
+    def __call__(self, batch, _=None) -> Tuple[Tensor, Tensor]:
+        samples, shape = _collate_samples(batch, self.cutmix_alpha > 0)
+        B = len(samples)
+        if self.generator is not None and self.generator.device.type != "cpu":
+            raise ValueError(f"the generator is on {self.generator.device}, but collating runs on the CPU")
+        target = _collate_targets(batch)
+        self._check_collated_target(target, B)
+        h, w = (shape[-2], shape[-1]) if len(shape) == 3 else (1, 1)
+        draw = self.draw(B, h, w, "cpu")
+        if self.mode == "half":
+            n = B // 2
+            partner = torch.arange(B - 1, B - 1 - n, -1)
+            pixel_lam = torch.where(draw.use_cutmix, torch.ones_like(draw.lam_raw), draw.lam_raw)
+            boxes, lam = draw.boxes, torch.cat([draw.lam, torch.ones(B - n)])
+        else:
+            n = B
+            plan = self.plan(draw, B)
+            partner, pixel_lam, boxes, lam = plan.index, plan.pixel_lam, plan.boxes, plan.lam
+        out = _new_batch((n, *shape))
+        _collate_mix(out, samples, partner, pixel_lam.float().contiguous(), boxes.contiguous())
+        soft = mixup_target(target, self.num_classes, lam, self.label_smoothing, self.multi_label)
+        return out, soft[:n]
+
+    def _check_collated_target(self, target: Tensor, batch_size: int) -> None:
+        if self.multi_label:
+            if target.dim() != 2 or target.shape != (batch_size, self.num_classes):
+                raise ValueError(f"multi-label mixup expects dense targets shaped (batch, num_classes) = "
+                                 f"({batch_size}, {self.num_classes}), got {tuple(target.shape)}")
+        elif target.dim() != 1 or target.dtype.is_floating_point or target.dtype == torch.bool:
+            raise ValueError(f"batch labels must be integer class labels (one per sample), got {target.dtype} "
+                             f"{tuple(target.shape)}")
+
+
+_TIMM_COLLATE_CLASS = None
+
+
+def _timm_collate_class():
+    """:class:`FastCollateMixup` with ``timm.data.FastCollateMixup`` as a second base (made once,
+    when timm first imports); None without timm."""
+    global _TIMM_COLLATE_CLASS
+    if _TIMM_COLLATE_CLASS is None:
+        try:
+            base = importlib.import_module("timm.data.mixup").FastCollateMixup
+        except Exception:  # timm missing, or not importable here (e.g. its torchvision)
+            return None
+        _TIMM_COLLATE_CLASS = type("FastCollateMixup", (FastCollateMixup, base),
+                                   {"__module__": __name__, "__qualname__": "_TimmFastCollateMixup",
+                                    "__doc__": FastCollateMixup.__doc__})
+    return _TIMM_COLLATE_CLASS
+
+
+def __getattr__(name: str):
+    # pickle finds the combined class by this name (DataLoader workers started by spawn / forkserver)
+    if name == "_TimmFastCollateMixup":
+        cls = _timm_collate_class()
+        if cls is not None:
+            return cls
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def _collate_samples(batch, cutmix: bool) -> Tuple[List[Tensor], Tuple[int, ...]]:
+    """The images of ``batch`` (a list of (image, label)) as uint8 CPU tensors (NumPy arrays
+    shared, not copied), all of one shape; (C, H, W) when ``cutmix``."""
+    if isinstance(batch, (str, bytes)) or not hasattr(batch, "__len__") or not hasattr(batch, "__getitem__"):
+        raise TypeError(f"batch must be a list of (image, label) pairs, got {type(batch).__name__}")
+    if len(batch) == 0:
+        raise ValueError("batch must hold at least one (image, label) pair, got an empty batch")
+    samples = []
+    shape = None
+    for k, item in enumerate(batch):
+        if not isinstance(item, (tuple, list)) or len(item) < 2:
+            raise TypeError(f"batch must be a list of (image, label) pairs; item {k} is {type(item).__name__}")
+        img = item[0]
+        if isinstance(img, Tensor):
+            if img.device.type != "cpu":
+                raise ValueError(f"batch images must be on the CPU (collating runs there); item {k} is on {img.device}")
+        elif type(img).__module__ == "numpy" and hasattr(img, "dtype"):
+            if any(st < 0 for st in img.strides):
+                img = img.copy()
+            img = torch.from_numpy(img)
+        else:
+            raise TypeError(f"batch images must be uint8 NumPy arrays or tensors; item {k} is {type(img).__name__}")
+        if img.dtype != torch.uint8:
+            raise TypeError(f"batch images must be uint8 (timm's prefetcher pipeline); item {k} is {img.dtype}")
+        if shape is None:
+            shape = tuple(img.shape)
+            if cutmix and len(shape) != 3:
+                raise ValueError(f"batch images must be (C, H, W) for CutMix; item 0 has shape {shape}")
+        elif tuple(img.shape) != shape:
+            raise ValueError(f"batch images must all have one shape; item 0 is {shape}, item {k} is "
+                             f"{tuple(img.shape)}")
+        samples.append(img)
+    return samples, shape
+
+
+def _new_batch(shape: Tuple[int, ...]) -> Tensor:
+    """An empty uint8 batch; in a DataLoader worker process in shared memory, as torch's
+    ``default_collate`` makes it, so that handing it to the main process copies nothing."""
+    if torch.utils.data.get_worker_info() is not None:
+        try:
+            storage = torch.empty(0, dtype=torch.uint8)._typed_storage()._new_shared(math.prod(shape))
+            return torch.empty(0, dtype=torch.uint8).set_(storage).view(shape)
+        except (AttributeError, RuntimeError):  # a torch without these (private) helpers
+            pass
+    return torch.empty(shape, dtype=torch.uint8)
+
+
+def _collate_targets(batch) -> Tensor:
+    from torch.utils.data import default_collate
+    return default_collate([item[1] for item in batch])
+
+
+_NATIVE_COLLATE: Optional[bool] = None  # whether lossmix_ext._C has timm_collate_mix_ (found on first use)
+
+
+def _collate_mix(out: Tensor, samples: List[Tensor], partner: Tensor, lam: Tensor, boxes: Tensor) -> None:
+    """``out[i]`` (uint8, contiguous (n, *shape)): sample i mixed with sample ``partner[i]`` as
+    timm's FastCollateMixup computes it — the partner's pixels inside box i, sample i's where
+    ``lam[i] == 1``, else ``rint(x_i·λ + x_p·(1−λ))`` in float32 without fused multiply-adds."""
+    global _NATIVE_COLLATE
+    if _NATIVE_COLLATE is None:
+        from .. import _ops
+        _NATIVE_COLLATE = _ops._native is not None and hasattr(torch.ops.lossmix_ext, "timm_collate_mix_")
+    shape = tuple(out.shape[1:])
+    if len(shape) != 3:  # feature batches (mixup only): each sample one row of values
+        p = math.prod(shape)
+        samples = [s.reshape(1, 1, p) for s in samples]
+        out = out.view(out.shape[0], 1, 1, p)
+    hwc = [s.dim() == 3 and not s.is_contiguous() and s.stride(0) == 1 and s.stride(2) == s.shape[0]
+           and s.stride(1) == s.shape[0] * s.shape[2] for s in samples]
+    if not (all(hwc) or not any(hwc)) or not all(h or s.is_contiguous() for h, s in zip(hwc, samples)):
+        samples = [s.contiguous() for s in samples]
+    if _NATIVE_COLLATE:
+        torch.ops.lossmix_ext.timm_collate_mix_(out, samples, partner, lam, boxes)
+    else:
+        _collate_mix_torch(out, samples, partner, lam, boxes)
+
+
+def _collate_mix_torch(out: Tensor, samples: List[Tensor], partner: Tensor, lam: Tensor, boxes: Tensor) -> None:
+    """:func:`_collate_mix` with plain torch ops (without the native extension): the same values."""
+    x = torch.stack(samples)
+    n = out.shape[0]
+    own, part = x[:n], x[partner]
+    view = (-1,) + (1,) * (x.dim() - 1)
+    mixed = own.float().mul_(lam.view(view)).add_(part.float().mul_((1 - lam).view(view))).round_().to(torch.uint8)
+    inside = _reference.cutmix_mask(boxes, x.shape[-2], x.shape[-1]).unsqueeze(1)
+    out.copy_(torch.where(inside, part, mixed))
