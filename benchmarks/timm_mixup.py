@@ -28,11 +28,12 @@ from __future__ import annotations
 import csv
 import os
 import statistics
-import time
 from dataclasses import dataclass
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
+
+from .timing import wall_seconds
 
 GOALS = {("Mixup float32", "elem"): 5.0, ("FastCollateMixup uint8", "elem"): 3.0}
 MODES = ("elem", "pair", "batch")
@@ -61,16 +62,6 @@ class MixupRow:
         return None if self.goal is None else self.speedup >= self.goal
 
 
-def _timed(fn: Callable[[], None], device: torch.device) -> float:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    t0 = time.perf_counter()
-    fn()
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    return time.perf_counter() - t0
-
-
 def _samples(batch: int, size: int, seed: int = 0):
     """(image, label) pairs as timm's loader yields them with the prefetcher: CHW views of HWC
     uint8 arrays (timm's ToNumpy)."""
@@ -88,7 +79,7 @@ def _compare(fns: Dict[str, Callable[[], object]], device: torch.device, rounds:
     ratios = []
     for r in range(warmup + rounds):
         order = names[r % len(names):] + names[:r % len(names)]
-        got = {k: _timed(fns[k], device) for k in order}
+        got = {k: wall_seconds(fns[k], device) for k in order}
         if r >= warmup:
             for k, v in got.items():
                 samples[k].append(v)
