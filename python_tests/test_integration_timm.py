@@ -14,9 +14,9 @@ import pickle
 import subprocess
 import sys
 
-import numpy as np
 import pytest
 import torch
+
 import torch.nn.functional as F
 
 import lossmix_ext as L
@@ -26,6 +26,7 @@ from lossmix_ext.integrations.timm import FastCollateMixup, Mixup, mixup_target
 
 from benchmarks.frameworks import import_timm
 
+np = pytest.importorskip("numpy", reason="the framework (and these tests) need numpy")
 TIMM, TIMM_NOTE = import_timm()
 needs_timm = pytest.mark.skipif(TIMM is None, reason=f"timm: {TIMM_NOTE}")
 

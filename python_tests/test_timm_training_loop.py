@@ -11,12 +11,13 @@ timm's ``test_resnet`` with random weights: nothing is downloaded. Skipped witho
 """
 from __future__ import annotations
 
-import numpy as np
 import pytest
 import torch
 
+
 from benchmarks.frameworks import import_timm
 
+np = pytest.importorskip("numpy", reason="the framework (and these tests) need numpy")
 TIMM, TIMM_NOTE = import_timm()
 pytestmark = [pytest.mark.skipif(TIMM is None, reason=f"timm: {TIMM_NOTE}"), pytest.mark.usefixtures("one_thread")]
 
