@@ -344,14 +344,29 @@ SHAPES = {
 }
 
 
+HALF = (torch.bfloat16, torch.float16)
+
+
 def dtypes_for(kind: str, set_name: str, device: torch.device) -> List[torch.dtype]:
-    if kind == "image":
-        return [torch.float32] if set_name == "quick-check" else [torch.float32, torch.uint8]
-    if kind == "image_inplace" or set_name != "full":
+    """float32 and the half-precision dtypes training runs in (the quick set's dtype columns),
+    plus uint8 → normalised float32 for out-of-place image mixing; the quick-check set only
+    float32. A case whose reference cannot run a dtype is dropped, saying so."""
+    if set_name == "quick-check":
         return [torch.float32]
-    if device.type == "cuda":
-        return [torch.float32, torch.float16] + ([torch.bfloat16] if torch.cuda.is_bf16_supported() else [])
-    return [torch.float32, torch.bfloat16]  # dropped per case when the reference cannot run it
+    half = list(HALF) if device.type != "cuda" or torch.cuda.is_bf16_supported() else [torch.float16]
+    if kind == "image":
+        return [torch.float32, torch.uint8] + half
+    return [torch.float32] + half
+
+
+def modes_for(op: "Op", set_name: str, dtype: torch.dtype) -> Optional[Tuple[str, ...]]:
+    """The modes timed: all in the full set; the op's quick modes in the quick sets, and for the
+    half-precision columns only the op's main mode (fwd+bwd for losses)."""
+    if set_name == "full":
+        return None
+    if dtype in HALF and "fwd+bwd" in op.quick_modes:
+        return ("fwd+bwd",)
+    return op.quick_modes
 
 
 class SkipCase(Exception):
@@ -379,8 +394,8 @@ def cases(op_names: Sequence[str], set_name: str, device: torch.device, seed: in
     for name in op_names:
         op = OPS[name]
         shape_kind = "image" if op.kind.startswith("image") else op.kind
-        modes = op.quick_modes if set_name != "full" else None
         for dtype in dtypes_for(op.kind, set_name, device):
+            modes = modes_for(op, set_name, dtype)
             for shape in SHAPES[set_name][shape_kind]:
                 def build(op=op, shape=shape, dtype=dtype, modes=modes):
                     need, have = reference_footprint(op.kind, shape), _memory_bytes(device)

@@ -23,7 +23,7 @@ from typing import Callable, Dict, Iterable, List, Optional, Sequence
 import torch
 
 from . import cases as C
-from .report import Row, device_info, format_block, write_csv, write_plots
+from .report import Row, device_info, format_block, format_dtype_table, write_csv, write_plots
 from .timing import peak_cuda_bytes, percentile, saved_bytes, time_interleaved
 from .traffic import TrafficCounter
 
@@ -327,6 +327,9 @@ def run(ops: Optional[Iterable[str]] = None, *, full: bool = False, quick_check:
         echo("\n\n".join(blocks) + f"\n(case done in {time.perf_counter() - t_case:.1f} s)\n")
         rows += case_rows
     elapsed = time.perf_counter() - t0
+    by_dtype = format_dtype_table(rows)
+    if by_dtype:
+        echo(by_dtype + "\n")
     csv_path = os.path.join(out, "results.csv")
     write_csv(rows, csv_path, dev, stamp)
     written = [csv_path] + (write_plots(rows, out, dev) if plots else [])

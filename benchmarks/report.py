@@ -168,6 +168,43 @@ def format_block(rows: List[Row]) -> str:
     return "\n".join(lines)
 
 
+DTYPE_ORDER = ("float32", "bfloat16", "float16", "uint8", "float64")
+
+
+def format_dtype_table(rows: List[Row]) -> str:
+    """The dtype columns: per op, mode and shape timed in more than one dtype, each provider's
+    median ms per dtype and its ratio to the same provider's float32 time (uint8: images in,
+    normalised float32 out). Empty when no case has more than one dtype."""
+    groups: Dict[tuple, Dict[str, Dict[str, Row]]] = {}
+    for r in rows:
+        if r.status != "ok" or r.median_ms is None:
+            continue
+        key = (r.op, r.mode, r.shape_str)
+        groups.setdefault(key, {}).setdefault(r.provider, {})[r.dtype] = r
+    lines = []
+    for (op, mode, shape), by_provider in groups.items():
+        dtypes = [d for d in DTYPE_ORDER if any(d in v for v in by_provider.values())]
+        if len(dtypes) < 2:
+            continue
+        lines.append(f"== {op} {mode}  {shape}: median ms (x its float32 time) ==")
+        lines.append(f"{'provider':<14}" + "".join(f"{d:>20}" for d in dtypes))
+        for provider in _provider_order(by_provider):
+            cells = by_provider[provider]
+            base = cells.get("float32")
+            out = []
+            for d in dtypes:
+                r = cells.get(d)
+                if r is None:
+                    out.append(f"{'-':>20}")
+                elif d == "float32" or base is None:
+                    out.append(f"{r.median_ms:>20.3f}")
+                else:
+                    out.append(f"{r.median_ms:>12.3f} ({r.median_ms / base.median_ms:4.2f}x)")
+            lines.append(f"{provider:<14}" + "".join(out))
+        lines.append("")
+    return "\n".join(lines).rstrip()
+
+
 # --------------------------------------------------------------------------- plots
 LOSS_OPS = ("seesaw_loss", "seesaw_module", "seesaw_loss_mixed", "mixed_cross_entropy")
 _PLOT_DPI = 120
