@@ -257,3 +257,26 @@ def test_results_csv_round_trip_and_replot(tmp_path):
     pytest.importorskip("matplotlib")
     assert main(["--replot", str(path)]) == 0
     assert (tmp_path / "speedup_vs_C.png").stat().st_size > 0
+
+
+def test_dtype_table_and_quick_set_dtypes():
+    """The quick set has float32, bfloat16 and float16 columns (half precision timed fwd+bwd for
+    the losses), uint8 for image mixing; the by-dtype table gives each provider's ratio to its own
+    float32 time."""
+    from benchmarks.report import Row, format_dtype_table
+    cpu = torch.device("cpu")
+    assert C.dtypes_for("loss", "quick", cpu) == [torch.float32, torch.bfloat16, torch.float16]
+    assert C.dtypes_for("image", "quick", cpu) == [torch.float32, torch.uint8, torch.bfloat16, torch.float16]
+    assert C.dtypes_for("loss", "quick-check", cpu) == [torch.float32]
+    assert C.modes_for(C.OPS["seesaw_loss"], "quick", torch.bfloat16) == ("fwd+bwd",)
+    assert C.modes_for(C.OPS["seesaw_loss"], "quick", torch.float32) == C.MODES
+    shape = {"N": 8, "C": 4}
+    rows = [Row("seesaw_loss", "fwd+bwd", shape, d, p, median_ms=ms)
+            for d, p, ms in [("float32", "cpu", 2.0), ("bfloat16", "cpu", 1.0), ("float16", "cpu", 3.0),
+                             ("float32", "reference", 10.0)]]
+    rows.append(Row("lossmix_reduce", "fwd+bwd", {"N": 8}, "float32", "cpu", median_ms=1.0))  # one dtype: no table
+    text = format_dtype_table(rows)
+    assert "== seesaw_loss fwd+bwd  N=8 C=4: median ms (x its float32 time) ==" in text
+    assert "(0.50x)" in text and "(1.50x)" in text and "lossmix_reduce" not in text
+    line = next(ln for ln in text.splitlines() if ln.startswith("reference"))
+    assert line.split()[1:] == ["10.000", "-", "-"]
