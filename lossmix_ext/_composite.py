@@ -40,17 +40,21 @@ def _opmath(dtype: torch.dtype) -> torch.dtype:
 def seesaw_adjustment(z: Tensor, labels: Tensor, counts: Optional[Tensor], p: float, q: float, eps: float) -> Tensor:
     """``log(M_jk · C_jk)`` of every row (label ``labels[i]`` = j, in range) and class k, (N, C):
     ``p·min(0, log N_k − log N_j) + q·max(0, log σ_k − max(log σ_j, log eps))``, 0 in the label's
-    column; σ = softmax of ``z`` detached, N the counts clamped to >= 1. O(N·C), no C×C matrix."""
-    adj = torch.zeros_like(z)
+    column; σ = softmax of ``z`` *detached*, N the counts clamped to >= 1. O(N·C), no C×C matrix:
+    with ``log σ_k = z_k − lse(z)`` the compensation is ``q·max(0, z_k − t)``,
+    ``t = max(z_j, lse(z) + log eps)`` one number per row (no N×C log-softmax). NaN and ±inf
+    logits give what the factor-matrix definition gives (a NaN or +inf row is NaN)."""
     j = labels.long()[:, None]
+    zd = z.detach()
+    adj = None
+    if q > 0:
+        t = torch.maximum(zd.gather(1, j), torch.logsumexp(zd, 1, keepdim=True) + math.log(eps))
+        adj = (zd - t).clamp_min_(0).mul_(q)
     if p > 0 and counts is not None:
         logn = counts.to(z.dtype).clamp(min=1).log()
-        adj = adj + p * (logn[None, :] - logn[j]).clamp(max=0)
-    if q > 0:
-        logs = torch.log_softmax(z.detach(), dim=1)
-        own = logs.gather(1, j).clamp(min=math.log(eps))
-        adj = adj + q * (logs - own).clamp(min=0)
-    return adj
+        mit = (logn[None, :] - logn[j]).clamp_max_(0).mul_(p)
+        adj = mit if adj is None else adj.add_(mit)
+    return adj if adj is not None else torch.zeros_like(z)
 
 
 def _sets(labels: Tensor, num_classes: int, ignore_index: Optional[int]):

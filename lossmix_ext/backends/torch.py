@@ -1,9 +1,10 @@
 """The ``torch`` backend: the ops' contracts written with plain PyTorch ops.
 
-Works on every device and dtype (float64 included). It is the default wherever no fused
-backend is available and is built from the same building blocks as the reference
-(:func:`lossmix_ext._reference.seesaw_logit_adjustment`), so it *is* the reference maths,
-computed in opmath (float32, or float64 for float64 inputs).
+Works on every device and dtype (float64 included): the default wherever no fused backend is
+available (mps, xpu, ROCm without Triton, a failed native build). Computed in opmath (float32,
+or float64 for float64 inputs), in O(N·C) memory and time: each row's Seesaw factors are
+gathered from the (C,) log-counts and the row's log-sum-exp (:func:`lossmix_ext._composite.seesaw_adjustment`),
+never a C×C matrix as the reference builds, so C = 70000 classes need tens of MB, not tens of GB.
 """
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from typing import Optional
 import torch
 from torch import Tensor
 
-from .. import _reference
+from .. import _composite, _reference
 from .._backend import register_kernel
 from .._ops import opmath_dtype
 
@@ -24,14 +25,15 @@ def unavailable_reason(device_type: str) -> Optional[str]:
 
 
 def _ce_rows_and_grad(z: Tensor, labels: Tensor):
-    """Row CE loss and its gradient softmax(z) − onehot, for labels known to be in range.
+    """Row CE loss and its gradient softmax(z) − onehot, for labels known to be in range
+    ((N, 1) int64).
 
     Through ``log_softmax``, as ``F.cross_entropy``: a NaN or +inf logit makes its whole row
     NaN (``logsumexp`` would instead give +inf and a partly finite gradient)."""
     logp = torch.log_softmax(z, dim=1)
-    loss = -logp.gather(1, labels[:, None]).squeeze(1)
+    loss = -logp.gather(1, labels).squeeze(1)
     grad = logp.exp_()
-    grad.scatter_add_(1, labels[:, None], torch.full_like(labels[:, None], -1, dtype=z.dtype))
+    grad.scatter_add_(1, labels, torch.full_like(labels, -1, dtype=z.dtype))
     return loss, grad
 
 
@@ -43,30 +45,38 @@ def seesaw_fwd(logits, labels, weights, obj_weights, counts, p, q, eps, ignore_i
     has_obj = obj_weights is not None
     c = ct - 2 if has_obj else ct
     z = x[:, :c]
+    if counts is not None and counts.dim() == 1 and counts.shape[0] > c:
+        counts = counts[:c]
     loss = x.new_zeros((n,))
     obj_loss = x.new_zeros((n if has_obj else 0,))
-    grad = torch.zeros_like(x, memory_format=torch.contiguous_format)
-    if counts is None:
-        counts = x.new_ones((c,))
+    grad = torch.empty_like(x, memory_format=torch.contiguous_format)
     for s in range(labels.shape[0]):
         lab = labels[s].long()
         active = (lab >= 0) & (lab < c)
         if ignore_index is not None:
             active &= lab != ignore_index
-        safe = torch.where(active, lab, torch.zeros_like(lab)).clamp(0, c - 1)
-        w = torch.where(active, weights[s].to(om), torch.zeros_like(x[:, 0]))
-        zmod = z + _reference.seesaw_logit_adjustment(z, safe, counts, p, q, eps)
+        safe = torch.where(active, lab, torch.zeros_like(lab))[:, None]
+        zmod = _composite.seesaw_adjustment(z, safe[:, 0], counts, p, q, eps).add_(z)
         rows, g = _ce_rows_and_grad(zmod, safe)
+        w = torch.where(active, weights[s].to(om), torch.zeros_like(rows))
         # A row without a class loss in this set does not read its class logits: 0 loss and 0
         # gradient even when they are NaN (as mmdetection, which indexes the positive rows).
         loss += torch.where(active, w * rows, torch.zeros_like(rows))
-        grad[:, :c] += torch.where(active[:, None], w[:, None] * g, torch.zeros_like(g))
+        g.mul_(w[:, None]).masked_fill_(~active[:, None], 0)
+        if s == 0:
+            grad[:, :c].copy_(g)
+        else:
+            grad[:, :c].add_(g)
         if has_obj:
-            target = (lab == c).long()
+            target = (lab == c).long()[:, None]
             orows, og = _ce_rows_and_grad(x[:, c:], target)
             ow = obj_weights[s].to(om)
             obj_loss += ow * orows
-            grad[:, c:] += ow[:, None] * og
+            og.mul_(ow[:, None])
+            if s == 0:
+                grad[:, c:].copy_(og)
+            else:
+                grad[:, c:].add_(og)
     return loss, obj_loss, grad.to(logits.dtype)
 
 
