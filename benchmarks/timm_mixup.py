@@ -9,9 +9,9 @@ label smoothing 0.1 and 1000 classes, called as timm's training script calls the
   and ``pair`` modes clone the batch and loop over the samples in Python; ``batch`` mode is
   already one vectorised in-place pass in timm.
 * ``Mixup bfloat16``: the same on a bfloat16 batch (``--model-dtype bfloat16`` without the
-  prefetcher). On the CPU the plug-in mixes it through the float32 kernel a few pairs at a time
-  (the cpu backend has no half-precision mix kernel yet); ``before_ms`` is the plug-in without
-  that detour (the torch kernels, what it did before), timed in the same rounds.
+  prefetcher). On the CPU the cpu backend's native half-precision kernel mixes it; ``before_ms``
+  is the plug-in on the torch kernels (``backend="torch"``, where half-precision batches went
+  before the cpu backend took them), timed in the same rounds.
 * ``FastCollateMixup uint8``: ``batch, soft = collate_fn(samples)`` on B (image, label) pairs as
   timm's loader gives them with its prefetcher (uint8 CHW views of HWC arrays, from ToNumpy),
   with one intra-op thread, as in a DataLoader worker process. Goal (issue 21): ``elem`` mode,
@@ -123,8 +123,8 @@ def run(device: Optional[str] = None, out: Optional[str] = None, batch: int = 12
                 x = x32 if case == "Mixup float32" else x32.to(torch.bfloat16)
                 fns = {"ours": (lambda m=plugin.Mixup(**kw): m(x, target)),
                        "timm": (lambda m=TimmMixup(**kw): m(x, target))}
-                if x.dtype == torch.bfloat16 and plugin._half_through_float32(x, None):
-                    fns["before"] = (lambda m=plugin.Mixup(**kw): _without_detour(plugin, m, x, target))
+                if x.dtype == torch.bfloat16 and x.device.type == "cpu":  # the former path: the torch kernels
+                    fns["before"] = (lambda m=plugin.Mixup(**kw, backend="torch"): m(x, target))
             if collate:
                 threads = 1  # a DataLoader worker process runs with one intra-op thread
                 saved = torch.get_num_threads()
@@ -156,16 +156,6 @@ def run(device: Optional[str] = None, out: Optional[str] = None, batch: int = 12
                             "" if r.before_ms is None else f"{r.before_ms:.3f}"])
         echo(f"wrote {path}")
     return rows
-
-
-def _without_detour(plugin, mixup, x, target):
-    """The plug-in's Mixup as it was before the float32 detour (half precision to the torch kernels)."""
-    saved = plugin._half_through_float32
-    plugin._half_through_float32 = lambda *a: False
-    try:
-        return mixup(x, target)
-    finally:
-        plugin._half_through_float32 = saved
 
 
 def format_table(rows: Sequence[MixupRow], timm_version: str = "") -> str:

@@ -25,7 +25,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         py::arg("grad_loss"), py::arg("grad_obj"), py::arg("inplace") = false);
   m.def("mix_images_cpu", &lmx_cpu::mix_images, "mix_images on CPU tensors", py::arg("images"),
         py::arg("lam"), py::arg("index"), py::arg("mean"), py::arg("std"), py::arg("scale"),
-        py::arg("boxes") = py::none());
+        py::arg("boxes") = py::none(), py::arg("out_dtype") = py::none());
   m.def("mix_images_backward_cpu", &lmx_cpu::mix_images_backward, "mix_images_backward (no boxes) on CPU tensors",
         py::arg("grad"), py::arg("lam"), py::arg("index"), py::arg("std"), py::arg("scale"));
   m.def("mix_images_inplace_cpu", &lmx_cpu::mix_images_inplace, "mix_images_ on CPU tensors", py::arg("images"),

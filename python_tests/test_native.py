@@ -510,7 +510,9 @@ def test_mix_images_large_uint8_normalised_one_pass():
 
 
 def test_mix_images_delegated_combinations():
-    """CutMix boxes, float16 images and other output dtypes go to the torch kernel: same results."""
+    """Combinations the native kernel leaves to the torch kernel (samples that are not contiguous
+    blocks) and ones it took over (CutMix boxes, float16 images, other output dtypes): the
+    reference's results."""
     x = _images(torch.float32)
     lam, idx = _lam(6), torch.tensor(INDEXES["repeats"])
     boxes = torch.tensor([[0, 0, 5, 7], [1, 2, 3, 4], [0, 0, 0, 0], [4, 6, 5, 7], [2, 2, 2, 5], [0, 1, 5, 3]])
@@ -571,10 +573,72 @@ def test_mix_images_inplace_channels_last_and_fallback():
     y = x.clone()
     L.mix_images_(y, lam, idx, backend="cpu")
     torch.testing.assert_close(y, R.mix_images(x, lam, idx), rtol=1e-6, atol=1e-7)
-    xh = x.half().contiguous()  # float16: the torch kernel
+    xh = x.half().contiguous()  # float16: natively too
     yh = xh.clone()
     L.mix_images_(yh, lam, idx, backend="cpu")
     torch.testing.assert_close(yh, R.mix_images(xh, lam, idx))
+
+
+HALF = (torch.float16, torch.bfloat16)
+HALF_RTOL = {torch.float16: 1e-3, torch.bfloat16: 8e-3, torch.float32: 1e-5}  # one rounding of the float32 maths
+
+
+@pytest.mark.parametrize("kind", HALF)
+def test_half_conversions_round_as_pytorch(isa, kind):
+    """float16 / bfloat16 <-> float32 in the kernels (F16C, bfloat16 shifts, or the integer lane
+    arithmetic of the baseline build), bit for bit as PyTorch converts: every 16-bit pattern
+    (NaN payloads aside: NaN stays NaN), scaled by inexact factors so that the conversion back
+    rounds (to nearest even, overflow to infinity), through the native row scaling."""
+    bits = torch.arange(65536, dtype=torch.int32).to(torch.int16).view(kind).reshape(256, 256)
+    for s in (1.0, 0.37, 3.3, 1.0009765625, 255.9):
+        factors = torch.full((256,), s)
+        got = _C.seesaw_bwd_cpu(bits, factors, None)
+        want = (bits.float() * s).to(kind)
+        same = (got.view(torch.int16) == want.view(torch.int16)) | (got.isnan() & want.isnan())
+        assert bool(same.all()), (s, bits[~same][:4], got[~same][:4], want[~same][:4])
+
+
+@pytest.mark.parametrize("in_dtype,out_dtype", [(torch.uint8, torch.bfloat16), (torch.uint8, torch.float16),
+                                                (torch.bfloat16, torch.bfloat16), (torch.float16, torch.float16),
+                                                (torch.float32, torch.bfloat16), (torch.float16, torch.float32)])
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_mix_images_half_precision(isa, in_dtype, out_dtype, channels_last):
+    """float16 / bfloat16 images and outputs in the native kernels (float32 maths, converted block by
+    block), with and without normalisation and CutMix boxes: the reference's float32 maths
+    rounded once to the output dtype (one rounding apart at most: fused multiply-adds)."""
+    x = _images(in_dtype, shape=(6, 3, 9, 37), channels_last=channels_last, seed=3)  # rows through the tails
+    lam, idx = _lam(6), torch.tensor(INDEXES["repeats"])
+    boxes = torch.tensor([[0, 0, 5, 7], [1, 2, 3, 4], [0, 0, 0, 0], [4, 6, 9, 37], [2, 2, 2, 5], [0, 1, 9, 30]])
+    scale = 1 / 255 if in_dtype == torch.uint8 else 1.0
+    for kw in ({}, dict(mean=MEAN, std=STD), dict(boxes=boxes), dict(boxes=boxes, mean=MEAN, std=STD)):
+        got = L.mix_images(x, lam, idx, out_dtype=out_dtype, backend="cpu", **kw)
+        m, sd = _mean_std(torch.float32) if "mean" in kw else (None, None)
+        want = R.mix_images(x.float() if in_dtype != torch.uint8 else x, lam, idx, kw.get("boxes"), m, sd, scale)
+        assert got.dtype == out_dtype and got.is_contiguous(memory_format=torch.channels_last) == channels_last
+        torch.testing.assert_close(got.float(), want.to(out_dtype).float(), rtol=HALF_RTOL[out_dtype], atol=1e-5,
+                                   msg=lambda msg: f"{kw}: {msg}")
+
+
+@pytest.mark.parametrize("dtype", HALF)
+def test_mix_images_half_backward_and_in_place(isa, dtype):
+    x = _images(dtype, shape=(6, 3, 9, 37), seed=4)
+    lam, idx = _lam(6), torch.tensor(INDEXES["repeats"])
+    xg = _leaf(x)
+    out = L.mix_images(xg, lam, idx, std=STD, backend="cpu")
+    cot = torch.randn_like(out)
+    (out * cot).sum().backward()
+    xr = _leaf(x.float())
+    (R.mix_images(xr, lam, idx, None, None, _mean_std(torch.float32)[1]) * cot.float()).sum().backward()
+    assert xg.grad.dtype == dtype
+    torch.testing.assert_close(xg.grad.float(), xr.grad.to(dtype).float(), rtol=HALF_RTOL[dtype], atol=1e-5)
+    pairs = torch.tensor([5, 2, 1, 3, 4, 0])
+    boxes = torch.tensor([[0, 0, 5, 7], [1, 2, 3, 4], [0, 0, 0, 0], [4, 6, 9, 37], [2, 2, 2, 5], [0, 1, 9, 30]])
+    for kw in ({}, dict(boxes=boxes)):
+        y = x.clone()
+        L.mix_images_(y, lam, pairs, backend="cpu", **kw)
+        want = R.mix_images(x.float(), lam, pairs, kw.get("boxes")).to(dtype)
+        torch.testing.assert_close(y.float(), want.float(), rtol=HALF_RTOL[dtype], atol=1e-5)
+        assert torch.equal(y[3], x[3]) and torch.equal(y[4], x[4])  # fixed points untouched
 
 
 def test_mix_out_of_range_index_without_validation():

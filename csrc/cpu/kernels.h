@@ -75,13 +75,19 @@ struct MixArgs {
   int64_t channels = 1, inner = 1;
 };
 
+// Element storage of the image-mixing kernels that compute in float32: the float32 kernels read
+// and write float32 (and read uint8) directly; float16 / bfloat16 samples are converted block by
+// block (vector conversions, round to nearest even as PyTorch's) around the same float32 maths.
+enum ElemKind : int { kElemF32 = 0, kElemF16 = 1, kElemBF16 = 2, kElemU8 = 3 };
+
 // mix_images_backward (no boxes): dx[t] = k * (lam[t] g[t] + sum over b with index[b] == t of
 // (1 - lam[b]) g[b]), k = scale / std[c]; `sources[offsets[t] .. offsets[t + 1])` lists those
-// b in increasing order (the order in which index_add_ accumulates).
+// b in increasing order (the order in which index_add_ accumulates). grad and dx hold Tm, or
+// (Tm = float) the kind the kernel is called with.
 template <class Tm>
 struct MixBwdArgs {
-  const Tm* grad = nullptr;
-  Tm* dx = nullptr;
+  const void* grad = nullptr;
+  void* dx = nullptr;
   int64_t B = 0, P = 0;
   const Tm* lam = nullptr;
   const int64_t* offsets = nullptr;
@@ -100,15 +106,22 @@ struct KernelTable {
   void (*seesaw_row_f64)(const SeesawArgs<double>&, int64_t i, const double* z, double* g, double* scratch);
   void (*scale_rows_f32)(const ScaleArgs<float>&, int64_t r0, int64_t r1);
   void (*scale_rows_f64)(const ScaleArgs<double>&, int64_t r0, int64_t r1);
-  // elements [e0, e1) of sample b
-  void (*mix_u8_f32)(const MixArgs<float>&, int64_t b, int64_t e0, int64_t e1);
-  void (*mix_f32_f32)(const MixArgs<float>&, int64_t b, int64_t e0, int64_t e1);
+  // elements [e0, e1) of sample b; float32 maths between storage kinds (ElemKind: images of
+  // any kind, output float32 / float16 / bfloat16), or float64 throughout
+  void (*mix_f32)(int in_kind, int out_kind, const MixArgs<float>&, int64_t b, int64_t e0, int64_t e1);
   void (*mix_f64_f64)(const MixArgs<double>&, int64_t b, int64_t e0, int64_t e1);
-  void (*mix_bwd_f32)(const MixBwdArgs<float>&, int64_t t, int64_t e0, int64_t e1);
+  // grad and dx of kind (float32, float16 or bfloat16), maths in float32
+  void (*mix_bwd_f32)(int kind, const MixBwdArgs<float>&, int64_t t, int64_t e0, int64_t e1);
   void (*mix_bwd_f64)(const MixBwdArgs<double>&, int64_t t, int64_t e0, int64_t e1);
   // in-place pair (b, c): both samples' elements [e0, e1) from one read of each
   void (*mix_pair_f32)(float* xb, float* xc, float lb, float lc, int64_t e0, int64_t e1);
   void (*mix_pair_f64)(double* xb, double* xc, double lb, double lc, int64_t e0, int64_t e1);
+  void (*mix_pair_half)(int kind, uint16_t* xb, uint16_t* xc, float lb, float lc, int64_t e0, int64_t e1);
+  // n contiguous float16 (kind kElemF16) / bfloat16 (kElemBF16) values <-> float32
+  void (*half_to_float)(int kind, const uint16_t* src, float* dst, int64_t n);
+  void (*float_to_half)(int kind, const float* src, uint16_t* dst, int64_t n);
+  // dst[0, n) = src[0, n) * s for float16 / bfloat16 values (dst may be src)
+  void (*scale_half)(int kind, const uint16_t* src, uint16_t* dst, int64_t n, float s);
 };
 
 // The table in use: AVX2 when the CPU supports AVX2 and FMA (and it was compiled), else the

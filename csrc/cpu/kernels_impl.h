@@ -543,25 +543,25 @@ inline int64_t mix_block(int64_t channels, int64_t inner, bool per_channel) {
                                                     : kMixBlock;
 }
 
-// o[0, e1 - e0) = mixed elements [e0, e1) of one sample (e0 a multiple of channels for channels-last).
+// o[0, e1 - e0) = mixed elements [e0, e1) of one sample; xa, xb point at element e0 (e0 a
+// multiple of channels for channels-last).
 template <bool M, bool SD, class Tin, class Tm, class Tout>
 void mix_block_values(const MixArgs<Tm>& a, const ChannelPattern<Tm>* pat, const Tin* xa, const Tin* xb, Tout* o,
                       int64_t e0, int64_t e1, Tm lam, Tm oml) {
   if (!M && !SD) {
-    mix_span<false, false, false>(xa + e0, xb + e0, o, e1 - e0, lam, oml, a.scale, (const Tm*)nullptr,
-                                  (const Tm*)nullptr, 1);
+    mix_span<false, false, false>(xa, xb, o, e1 - e0, lam, oml, a.scale, (const Tm*)nullptr, (const Tm*)nullptr, 1);
   } else if (a.inner > 1 || a.channels == 1) {
     channel_runs(e0, e1, a.inner, a.channels, [&](int64_t e, int64_t len, int64_t c) {
-      mix_span<M, SD, false>(xa + e, xb + e, o + (e - e0), len, lam, oml, a.scale, M ? a.mean + c : nullptr,
-                             SD ? a.stdv + c : nullptr, 1);
+      mix_span<M, SD, false>(xa + (e - e0), xb + (e - e0), o + (e - e0), len, lam, oml, a.scale,
+                             M ? a.mean + c : nullptr, SD ? a.stdv + c : nullptr, 1);
     });
   } else if (pat != nullptr) {
-    mix_span<M, SD, true>(xa + e0, xb + e0, o, e1 - e0, lam, oml, a.scale, pat->mean, pat->stdv, pat->period);
+    mix_span<M, SD, true>(xa, xb, o, e1 - e0, lam, oml, a.scale, pat->mean, pat->stdv, pat->period);
   } else {
     for (int64_t e = e0; e < e1; ++e) {
       const int64_t c = e % a.channels;
-      mix_span<M, SD, false>(xa + e, xb + e, o + (e - e0), 1, lam, oml, a.scale, M ? a.mean + c : nullptr,
-                             SD ? a.stdv + c : nullptr, 1);
+      mix_span<M, SD, false>(xa + (e - e0), xb + (e - e0), o + (e - e0), 1, lam, oml, a.scale,
+                             M ? a.mean + c : nullptr, SD ? a.stdv + c : nullptr, 1);
     }
   }
 }
@@ -573,7 +573,59 @@ void mix_sample(const MixArgs<Tm>& a, const Tin* xa, const Tin* xb, Tout* out, i
   ChannelPattern<Tm> pat(pattern ? a.mean : nullptr, pattern ? a.stdv : nullptr, pattern ? a.channels : 1);
   const int64_t blk = mix_block(a.channels, a.inner, M || SD);
   for (int64_t e = e0; e < e1; e += blk)
-    mix_block_values<M, SD>(a, pattern ? &pat : nullptr, xa, xb, out + e, e, std::min(e1, e + blk), lam, oml);
+    mix_block_values<M, SD>(a, pattern ? &pat : nullptr, xa + e, xb + e, out + e, e, std::min(e1, e + blk), lam,
+                            oml);
+}
+
+// The same for float32 maths between storage kinds (ElemKind): uint8 and float32 samples are
+// read in place, float16 / bfloat16 ones converted block by block into L1 buffers, and a
+// float16 / bfloat16 output converted from a float32 block.
+template <bool M, bool SD>
+void mix_sample_kinds(const MixArgs<float>& a, int in_kind, int out_kind, const void* xa, const void* xb, void* out,
+                      int64_t e0, int64_t e1, float lam, float oml) {
+  const bool pattern = (M || SD) && a.inner == 1 && a.channels > 1 && a.channels <= kMaxPatternChannels;
+  ChannelPattern<float> pat(pattern ? a.mean : nullptr, pattern ? a.stdv : nullptr, pattern ? a.channels : 1);
+  const ChannelPattern<float>* pp = pattern ? &pat : nullptr;
+  const int64_t blk = mix_block(a.channels, a.inner, M || SD);
+  alignas(64) float ba[kMixBlock + kMaxPatternChannels], bb[kMixBlock + kMaxPatternChannels],
+      bo[kMixBlock + kMaxPatternChannels];
+  const bool half_in = in_kind == kElemF16 || in_kind == kElemBF16, half_out = out_kind != kElemF32;
+  const int hin = in_kind == kElemBF16 ? lmx::kHalfBF16 : lmx::kHalfF16;
+  const int hout = out_kind == kElemBF16 ? lmx::kHalfBF16 : lmx::kHalfF16;
+  for (int64_t e = e0; e < e1; e += blk) {
+    const int64_t end = std::min(e1, e + blk), n = end - e;
+    float* po = half_out ? bo : static_cast<float*>(out) + e;
+    if (in_kind == kElemU8) {
+      mix_block_values<M, SD>(a, pp, static_cast<const uint8_t*>(xa) + e, static_cast<const uint8_t*>(xb) + e, po, e,
+                              end, lam, oml);
+    } else if (half_in) {
+      lmx::half_to_float(hin, static_cast<const uint16_t*>(xa) + e, ba, n);
+      lmx::half_to_float(hin, static_cast<const uint16_t*>(xb) + e, bb, n);
+      mix_block_values<M, SD>(a, pp, static_cast<const float*>(ba), static_cast<const float*>(bb), po, e, end, lam,
+                              oml);
+    } else {
+      mix_block_values<M, SD>(a, pp, static_cast<const float*>(xa) + e, static_cast<const float*>(xb) + e, po, e,
+                              end, lam, oml);
+    }
+    if (half_out) lmx::float_to_half(hout, bo, static_cast<uint16_t*>(out) + e, n);
+  }
+}
+
+int64_t elem_size(int kind) { return kind == kElemF32 ? 4 : kind == kElemU8 ? 1 : 2; }
+
+void mix_f32(int in_kind, int out_kind, const MixArgs<float>& a, int64_t b, int64_t e0, int64_t e1) {
+  int64_t c = a.index[b];
+  if (c < 0 || c >= a.B) c = b;  // out-of-range partner (value checks off): mix with itself
+  const char* x = static_cast<const char*>(a.x);
+  const void* xa = x + b * a.P * elem_size(in_kind);
+  const void* xb = x + c * a.P * elem_size(in_kind);
+  void* o = static_cast<char*>(a.out) + b * a.P * elem_size(out_kind);
+  const float lam = a.lam[b], oml = 1.0f - lam;
+  const bool m = a.mean != nullptr, s = a.stdv != nullptr;
+  if (m && s) mix_sample_kinds<true, true>(a, in_kind, out_kind, xa, xb, o, e0, e1, lam, oml);
+  else if (m) mix_sample_kinds<true, false>(a, in_kind, out_kind, xa, xb, o, e0, e1, lam, oml);
+  else if (s) mix_sample_kinds<false, true>(a, in_kind, out_kind, xa, xb, o, e0, e1, lam, oml);
+  else mix_sample_kinds<false, false>(a, in_kind, out_kind, xa, xb, o, e0, e1, lam, oml);
 }
 
 template <class Tin, class Tm, class Tout>
@@ -615,42 +667,64 @@ void bwd_span(const Tm* __restrict g, Tm* __restrict acc, int64_t n, Tm f, Tm sc
   }
 }
 
-// acc[0, e1 - e0) (+)= f * k * g[e0, e1) for one source sample g.
+// acc[0, e1 - e0) (+)= f * k * g[0, e1 - e0) for one source sample, g pointing at its element e0.
 template <bool ACC, class Tm>
 void bwd_block(const MixBwdArgs<Tm>& a, const ChannelPattern<Tm>* pat, const Tm* g, Tm* acc, int64_t e0, int64_t e1,
                Tm f) {
   if (a.stdv == nullptr) {
-    bwd_span<ACC, false, false>(g + e0, acc, e1 - e0, f, a.scale, (const Tm*)nullptr, 1);
+    bwd_span<ACC, false, false>(g, acc, e1 - e0, f, a.scale, (const Tm*)nullptr, 1);
   } else if (a.inner > 1 || a.channels == 1) {
     channel_runs(e0, e1, a.inner, a.channels, [&](int64_t e, int64_t len, int64_t c) {
-      bwd_span<ACC, true, false>(g + e, acc + (e - e0), len, f, a.scale, a.stdv + c, 1);
+      bwd_span<ACC, true, false>(g + (e - e0), acc + (e - e0), len, f, a.scale, a.stdv + c, 1);
     });
   } else if (pat != nullptr) {
-    bwd_span<ACC, true, true>(g + e0, acc, e1 - e0, f, a.scale, pat->stdv, pat->period);
+    bwd_span<ACC, true, true>(g, acc, e1 - e0, f, a.scale, pat->stdv, pat->period);
   } else {
     for (int64_t e = e0; e < e1; ++e)
-      bwd_span<ACC, true, false>(g + e, acc + (e - e0), 1, f, a.scale, a.stdv + (e % a.channels), 1);
+      bwd_span<ACC, true, false>(g + (e - e0), acc + (e - e0), 1, f, a.scale, a.stdv + (e % a.channels), 1);
   }
 }
 
 // dx[t, e0:e1): lam_t g[t] plus (1 - lam_b) g[b] for each source b, accumulated in an L1 block
-// in index_add_'s order, then stored once.
-template <class Tm>
-void mix_bwd(const MixBwdArgs<Tm>& a, int64_t t, int64_t e0, int64_t e1) {
+// in index_add_'s order, then stored once. HALF: grad and dx are float16 / bfloat16 (kind
+// `hk`), each source block converted to float32 before it is accumulated.
+template <class Tm, bool HALF>
+void mix_bwd_impl(const MixBwdArgs<Tm>& a, int hk, int64_t t, int64_t e0, int64_t e1) {
   const bool pattern = a.stdv != nullptr && a.inner == 1 && a.channels > 1 && a.channels <= kMaxPatternChannels;
   ChannelPattern<Tm> pat(nullptr, pattern ? a.stdv : nullptr, pattern ? a.channels : 1);
+  const ChannelPattern<Tm>* pp = pattern ? &pat : nullptr;
   const int64_t blk = mix_block(a.channels, a.inner, a.stdv != nullptr);
   alignas(64) Tm buf[kMixBlock + kMaxPatternChannels];
-  Tm* dx = a.dx + t * a.P;
+  alignas(64) Tm src[HALF ? kMixBlock + kMaxPatternChannels : 1];
+  auto block = [&](int64_t b, int64_t e, int64_t n) -> const Tm* {  // source b's elements [e, e + n)
+    if constexpr (HALF) {
+      lmx::half_to_float(hk, static_cast<const uint16_t*>(a.grad) + b * a.P + e, src, n);
+      return src;
+    } else {
+      return static_cast<const Tm*>(a.grad) + b * a.P + e;
+    }
+  };
   for (int64_t e = e0; e < e1; e += blk) {
     const int64_t end = std::min(e1, e + blk);
-    bwd_block<false>(a, pattern ? &pat : nullptr, a.grad + t * a.P, buf, e, end, a.lam[t]);
+    bwd_block<false>(a, pp, block(t, e, end - e), buf, e, end, a.lam[t]);
     for (int64_t j = a.offsets[t]; j < a.offsets[t + 1]; ++j) {
       const int64_t b = a.sources[j];
-      bwd_block<true>(a, pattern ? &pat : nullptr, a.grad + b * a.P, buf, e, end, Tm(1) - a.lam[b]);
+      bwd_block<true>(a, pp, block(b, e, end - e), buf, e, end, Tm(1) - a.lam[b]);
     }
-    std::memcpy(dx + e, buf, static_cast<size_t>(end - e) * sizeof(Tm));
+    if constexpr (HALF)
+      lmx::float_to_half(hk, buf, static_cast<uint16_t*>(a.dx) + t * a.P + e, end - e);
+    else
+      std::memcpy(static_cast<Tm*>(a.dx) + t * a.P + e, buf, static_cast<size_t>(end - e) * sizeof(Tm));
   }
+}
+
+void mix_bwd_f32(int kind, const MixBwdArgs<float>& a, int64_t t, int64_t e0, int64_t e1) {
+  if (kind == kElemF32) mix_bwd_impl<float, false>(a, 0, t, e0, e1);
+  else mix_bwd_impl<float, true>(a, kind == kElemBF16 ? lmx::kHalfBF16 : lmx::kHalfF16, t, e0, e1);
+}
+
+void mix_bwd_f64(const MixBwdArgs<double>& a, int64_t t, int64_t e0, int64_t e1) {
+  mix_bwd_impl<double, false>(a, 0, t, e0, e1);
 }
 
 template <class T>
@@ -666,6 +740,62 @@ void mix_pair(T* xb, T* xc, T lb, T lc, int64_t e0, int64_t e1) {
   }
 }
 
+// float16 / bfloat16 pairs: both samples' values converted to float32, mixed and converted back
+// in registers (one read and one write of each, as the float32 kernel), the tail one by one.
+void mix_pair_half(int kind, uint16_t* xb, uint16_t* xc, float lb, float lc, int64_t e0, int64_t e1) {
+  const float omb = 1.0f - lb, omc = 1.0f - lc;
+  uint16_t* pb = xb + e0;
+  uint16_t* pc = xc + e0;
+  const int64_t n = e1 - e0;
+  int64_t k = 0;
+#if LMX_VECTOR_EXT
+  using lmx::vfloat;
+  constexpr int W = lmx::kFloatLanes;
+  const vfloat vlb = lmx::vsplat(lb), vomb = lmx::vsplat(omb), vlc = lmx::vsplat(lc), vomc = lmx::vsplat(omc);
+  if (kind == kElemBF16) {
+    for (; k + W <= n; k += W) {
+      const vfloat u = lmx::vbf16_to_f32(pb + k), v = lmx::vbf16_to_f32(pc + k);
+      lmx::vf32_to_bf16(pb + k, lmx::mix_value(u, v, vlb, vomb));
+      lmx::vf32_to_bf16(pc + k, lmx::mix_value(v, u, vlc, vomc));
+    }
+  } else {
+#ifdef LMX_F16C_AT_RUN_TIME
+    if (lmx::cpu_has_f16c()) k = lmx::f16c_mix_pair(pb, pc, lb, omb, lc, omc, n);
+#endif
+    for (; k + W <= n; k += W) {
+      const vfloat u = lmx::vf16_to_f32(pb + k), v = lmx::vf16_to_f32(pc + k);
+      lmx::vf32_to_f16(pb + k, lmx::mix_value(u, v, vlb, vomb));
+      lmx::vf32_to_f16(pc + k, lmx::mix_value(v, u, vlc, vomc));
+    }
+  }
+#endif
+  const bool bf = kind == kElemBF16;
+  for (; k < n; ++k) {
+    const float u = bf ? lmx::sbf16_to_f32(pb[k]) : lmx::sf16_to_f32(pb[k]);
+    const float v = bf ? lmx::sbf16_to_f32(pc[k]) : lmx::sf16_to_f32(pc[k]);
+    const float rb = lmx::mix_value(u, v, lb, omb), rc = lmx::mix_value(v, u, lc, omc);
+    pb[k] = bf ? lmx::sf32_to_bf16(rb) : lmx::sf32_to_f16(rb);
+    pc[k] = bf ? lmx::sf32_to_bf16(rc) : lmx::sf32_to_f16(rc);
+  }
+}
+
+void half_to_float_fn(int kind, const uint16_t* src, float* dst, int64_t n) {
+  lmx::half_to_float(kind == kElemBF16 ? lmx::kHalfBF16 : lmx::kHalfF16, src, dst, n);
+}
+void float_to_half_fn(int kind, const float* src, uint16_t* dst, int64_t n) {
+  lmx::float_to_half(kind == kElemBF16 ? lmx::kHalfBF16 : lmx::kHalfF16, src, dst, n);
+}
+void scale_half(int kind, const uint16_t* src, uint16_t* dst, int64_t n, float s) {
+  const int hk = kind == kElemBF16 ? lmx::kHalfBF16 : lmx::kHalfF16;
+  alignas(64) float buf[kMixBlock];
+  for (int64_t e = 0; e < n; e += kMixBlock) {
+    const int64_t len = std::min(n - e, kMixBlock);
+    lmx::half_to_float(hk, src + e, buf, len);
+    for (int64_t k = 0; k < len; ++k) buf[k] *= s;
+    lmx::float_to_half(hk, buf, dst + e, len);
+  }
+}
+
 }  // namespace
 
 inline KernelTable make_table(const char* isa) {
@@ -677,13 +807,16 @@ inline KernelTable make_table(const char* isa) {
   t.seesaw_row_f64 = &seesaw_row<double>;
   t.scale_rows_f32 = &scale_rows<float>;
   t.scale_rows_f64 = &scale_rows<double>;
-  t.mix_u8_f32 = &mix<uint8_t, float, float>;
-  t.mix_f32_f32 = &mix<float, float, float>;
+  t.mix_f32 = &mix_f32;
   t.mix_f64_f64 = &mix<double, double, double>;
-  t.mix_bwd_f32 = &mix_bwd<float>;
-  t.mix_bwd_f64 = &mix_bwd<double>;
+  t.mix_bwd_f32 = &mix_bwd_f32;
+  t.mix_bwd_f64 = &mix_bwd_f64;
   t.mix_pair_f32 = &mix_pair<float>;
   t.mix_pair_f64 = &mix_pair<double>;
+  t.mix_pair_half = &mix_pair_half;
+  t.half_to_float = &half_to_float_fn;
+  t.float_to_half = &float_to_half_fn;
+  t.scale_half = &scale_half;
   return t;
 }
 

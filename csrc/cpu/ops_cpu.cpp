@@ -8,6 +8,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 #include <type_traits>
 #include <vector>
 
@@ -31,16 +32,12 @@ struct Fns<float> {
   static auto rows(const KernelTable& t) { return t.seesaw_rows_f32; }
   static auto row(const KernelTable& t) { return t.seesaw_row_f32; }
   static auto scale(const KernelTable& t) { return t.scale_rows_f32; }
-  static auto bwd(const KernelTable& t) { return t.mix_bwd_f32; }
-  static auto pair(const KernelTable& t) { return t.mix_pair_f32; }
 };
 template <>
 struct Fns<double> {
   static auto rows(const KernelTable& t) { return t.seesaw_rows_f64; }
   static auto row(const KernelTable& t) { return t.seesaw_row_f64; }
   static auto scale(const KernelTable& t) { return t.scale_rows_f64; }
-  static auto bwd(const KernelTable& t) { return t.mix_bwd_f64; }
-  static auto pair(const KernelTable& t) { return t.mix_pair_f64; }
 };
 
 // T: opmath type, D: storage type of logits / grad. The gradient goes to `grad` (N, CT)
@@ -70,8 +67,11 @@ void run_seesaw(const Tensor& logits, const Tensor& grad, SeesawArgs<T> a) {
       return;
     }
   }
-  // One row at a time through opmath buffers: converted (float16 / bfloat16), strided, or
-  // in place (the row is copied out first, the gradient written over it).
+  // One row at a time through opmath buffers: converted (float16 / bfloat16, with the vector
+  // conversions of the kernels when the row's columns are adjacent), strided, or in place (the
+  // row is copied out first, the gradient written over it).
+  constexpr bool kHalf = std::is_same_v<D, c10::Half> || std::is_same_v<D, c10::BFloat16>;
+  const int hk = std::is_same_v<D, c10::BFloat16> ? kElemBF16 : kElemF16;
   auto fn = Fns<T>::row(tab);
   at::parallel_for(0, N, grain, [&](int64_t r0, int64_t r1) {
     std::vector<T> scratch(scratch_n + 2 * CT);
@@ -79,8 +79,16 @@ void run_seesaw(const Tensor& logits, const Tensor& grad, SeesawArgs<T> a) {
     T* gb = zb + CT;
     for (int64_t i = r0; i < r1; ++i) {
       const D* xr = x + i * s0;
-      for (int64_t k = 0; k < CT; ++k) zb[k] = static_cast<T>(xr[k * s1]);
       D* gr = g + i * g0;
+      if constexpr (kHalf && std::is_same_v<T, float>) {
+        if (s1 == 1 && g1 == 1) {
+          tab.half_to_float(hk, reinterpret_cast<const uint16_t*>(xr), zb, CT);
+          fn(a, i, zb, gb, scratch.data());
+          tab.float_to_half(hk, gb, reinterpret_cast<uint16_t*>(gr), CT);
+          continue;
+        }
+      }
+      for (int64_t k = 0; k < CT; ++k) zb[k] = static_cast<T>(xr[k * s1]);
       if constexpr (std::is_same_v<T, D>) {
         if (g1 == 1) {
           fn(a, i, zb, gr, scratch.data());
@@ -180,16 +188,21 @@ void run_scale(const Tensor& g, const Tensor& o, const Tensor& gl, const c10::op
     a.CT = CT;
     auto fn = Fns<T>::scale(table());
     at::parallel_for(0, N, grain, [&](int64_t r0, int64_t r1) { fn(a, r0, r1); });
-  } else {
+  } else {  // float16 / bfloat16: the class columns with the kernels' vector conversions
     const D* gp = g.const_data_ptr<D>();
     D* op = o.mutable_data_ptr<D>();
+    const int hk = std::is_same_v<D, c10::BFloat16> ? kElemBF16 : kElemF16;
+    const KernelTable& tab = table();
     at::parallel_for(0, N, grain, [&](int64_t r0, int64_t r1) {
       for (int64_t i = r0; i < r1; ++i) {
         const T s = glp[i * gls];
         const T so = gop != nullptr ? gop[i * gos] : s;
-        if (gp == op && s == T(1) && so == T(1)) continue;  // in place, factor 1
+        const bool inplace = gp == op;
         const int64_t ncls = gop != nullptr ? C : CT;
-        for (int64_t k = 0; k < ncls; ++k) op[i * CT + k] = static_cast<D>(static_cast<T>(gp[i * CT + k]) * s);
+        if (!(inplace && s == T(1)))  // in place, factor 1: untouched
+          tab.scale_half(hk, reinterpret_cast<const uint16_t*>(gp + i * CT), reinterpret_cast<uint16_t*>(op + i * CT),
+                         ncls, s);
+        if (inplace && so == T(1)) continue;
         for (int64_t k = ncls; k < CT; ++k) op[i * CT + k] = static_cast<D>(static_cast<T>(gp[i * CT + k]) * so);
       }
     });
@@ -347,16 +360,49 @@ void box_runs(int64_t e0, int64_t e1, int64_t C, int64_t H, int64_t W, bool cl, 
 }
 }  // namespace
 
+namespace {
+int elem_kind(at::ScalarType t) {
+  switch (t) {
+    case at::kFloat: return kElemF32;
+    case at::kHalf: return kElemF16;
+    case at::kBFloat16: return kElemBF16;
+    case at::kByte: return kElemU8;
+    default: return -1;
+  }
+}
+
+// n values of kind `kind` at p (element k0) as float32, into dst.
+void load_floats(const KernelTable& tab, int kind, const void* p, int64_t k0, int64_t n, float* dst) {
+  switch (kind) {
+    case kElemF32: std::memcpy(dst, static_cast<const float*>(p) + k0, n * sizeof(float)); break;
+    case kElemU8: {
+      const uint8_t* u = static_cast<const uint8_t*>(p) + k0;
+      for (int64_t k = 0; k < n; ++k) dst[k] = static_cast<float>(u[k]);
+      break;
+    }
+    default: tab.half_to_float(kind, static_cast<const uint16_t*>(p) + k0, dst, n);
+  }
+}
+
+void store_floats(const KernelTable& tab, int kind, const float* src, void* p, int64_t k0, int64_t n) {
+  if (kind == kElemF32) std::memcpy(static_cast<float*>(p) + k0, src, n * sizeof(float));
+  else tab.float_to_half(kind, src, static_cast<uint16_t*>(p) + k0, n);
+}
+}  // namespace
+
 Tensor mix_images(const Tensor& images, const Tensor& lam, const Tensor& index, const c10::optional<Tensor>& mean,
-                  const c10::optional<Tensor>& stdv, double scale, const c10::optional<Tensor>& boxes) {
+                  const c10::optional<Tensor>& stdv, double scale, const c10::optional<Tensor>& boxes,
+                  c10::optional<at::ScalarType> out_dtype) {
   TORCH_CHECK(images.device().is_cpu(), "mix_images (cpu backend): images must be on the CPU");
   const auto dt = images.scalar_type();
-  TORCH_CHECK(dt == at::kByte || dt == at::kFloat || dt == at::kDouble,
-              "mix_images (cpu kernel): images must be uint8, float32 or float64, got ", dt);
+  const auto out_dt = out_dtype.value_or(dt == at::kByte ? at::kFloat : dt);
+  const bool f64 = dt == at::kDouble || out_dt == at::kDouble;
+  TORCH_CHECK(f64 ? dt == out_dt : elem_kind(dt) >= 0 && elem_kind(out_dt) >= 0 && out_dt != at::kByte,
+              "mix_images (cpu kernel): images of uint8 / float16 / bfloat16 / float32 mix into float16 / bfloat16 / "
+              "float32, and float64 into float64; got ", dt, " -> ", out_dt);
   TORCH_CHECK(images.dim() >= 1, "mix_images: images must have a batch dimension");
   TORCH_CHECK(sample_blocks(images), "mix_images (cpu kernel): images must be contiguous or channels_last");
   const auto om = opmath(dt);
-  const auto out_dt = dt == at::kByte ? at::kFloat : dt;
   const int64_t B = images.size(0);
   const bool norm = mean.has_value() || stdv.has_value();
   TORCH_CHECK(!norm || images.dim() == 4, "mix_images: mean / std need (B, C, H, W) images");
@@ -384,9 +430,9 @@ Tensor mix_images(const Tensor& images, const Tensor& lam, const Tensor& index, 
   const int64_t chunk = norm && inner == 1 ? (kMixChunk + channels - 1) / channels * channels : kMixChunk;
   const int64_t nch = (P + chunk - 1) / chunk;
   const KernelTable& tab = table();
-  auto launch = [&](auto in_tag, auto tag, auto fn) {
-    using Tin = decltype(in_tag);
-    using Tm = decltype(tag);  // also the output type
+  const int in_kind = elem_kind(dt), out_kind = elem_kind(out_dt);
+  auto launch = [&](auto tag, auto fn) {
+    using Tm = decltype(tag);  // opmath
     MixArgs<Tm> a;
     a.x = images.const_data_ptr();
     a.out = out.mutable_data_ptr();
@@ -400,6 +446,7 @@ Tensor mix_images(const Tensor& images, const Tensor& lam, const Tensor& index, 
     a.channels = channels;
     a.inner = inner;
     at::parallel_for(0, B * nch, task_grain(std::min(P, chunk)), [&](int64_t i0, int64_t i1) {
+      std::vector<Tm> run;  // one box run's partner values
       for (int64_t it = i0; it < i1; ++it) {
         const int64_t b = it / nch, e0 = (it % nch) * chunk, e1 = std::min(P, e0 + chunk);
         fn(a, b, e0, e1);
@@ -407,23 +454,37 @@ Tensor mix_images(const Tensor& images, const Tensor& lam, const Tensor& index, 
         // CutMix: inside box b the partner's normalised value (the chunk is still in cache)
         int64_t c = a.index[b];
         if (c < 0 || c >= B) c = b;  // out-of-range partner (value checks off), as the mixing
-        const Tin* xp = static_cast<const Tin*>(a.x) + c * P;
-        Tm* o = static_cast<Tm*>(a.out) + b * P;
         box_runs(e0, e1, C4, H4, W4, cl, bp + 4 * b, [&](int64_t k0, int64_t k1) {
           // one row of one channel (NCHW), or whole pixels from channel 0 (channels-last)
+          run.resize(k1 - k0);
+          if constexpr (std::is_same_v<Tm, double>) {
+            std::memcpy(run.data(), images.const_data_ptr<double>() + c * P + k0, (k1 - k0) * sizeof(double));
+          } else {
+            load_floats(tab, in_kind, static_cast<const char*>(a.x) + c * P * images.element_size(), k0, k1 - k0,
+                        run.data());
+          }
           int64_t ch = cl ? k0 % C4 : (k0 / (H4 * W4)) % C4;
           for (int64_t k = k0; k < k1; ++k) {
-            o[k] = lmx::normalise(static_cast<Tm>(xp[k]), a.scale, a.mean ? a.mean[ch] : Tm(0),
-                                  a.stdv ? a.stdv[ch] : Tm(1), a.mean != nullptr, a.stdv != nullptr);
+            run[k - k0] = lmx::normalise(run[k - k0], a.scale, a.mean ? a.mean[ch] : Tm(0),
+                                         a.stdv ? a.stdv[ch] : Tm(1), a.mean != nullptr, a.stdv != nullptr);
             if (cl && ++ch == C4) ch = 0;
+          }
+          if constexpr (std::is_same_v<Tm, double>) {
+            std::memcpy(out.mutable_data_ptr<double>() + b * P + k0, run.data(), (k1 - k0) * sizeof(double));
+          } else {
+            store_floats(tab, out_kind, run.data(), static_cast<char*>(a.out) + b * P * out.element_size(), k0,
+                         k1 - k0);
           }
         });
       }
     });
   };
-  if (dt == at::kByte) launch(uint8_t(), float(), tab.mix_u8_f32);
-  else if (dt == at::kFloat) launch(float(), float(), tab.mix_f32_f32);
-  else launch(double(), double(), tab.mix_f64_f64);
+  if (f64) {
+    launch(double(), tab.mix_f64_f64);
+  } else {
+    auto fn = tab.mix_f32;
+    launch(float(), [&](const MixArgs<float>& a, int64_t b, int64_t e0, int64_t e1) { fn(in_kind, out_kind, a, b, e0, e1); });
+  }
   return out;
 }
 
@@ -431,8 +492,9 @@ Tensor mix_images_backward(const Tensor& grad, const Tensor& lam, const Tensor& 
                            const c10::optional<Tensor>& stdv, double scale) {
   TORCH_CHECK(grad.device().is_cpu(), "mix_images_backward (cpu backend): grad must be on the CPU");
   const auto dt = grad.scalar_type();
-  TORCH_CHECK(dt == at::kFloat || dt == at::kDouble,
-              "mix_images_backward (cpu kernel): grad must be float32 or float64, got ", dt);
+  TORCH_CHECK(dt == at::kFloat || dt == at::kDouble || dt == at::kHalf || dt == at::kBFloat16,
+              "mix_images_backward (cpu kernel): grad must be float16 / bfloat16 / float32 / float64, got ", dt);
+  const auto om = opmath(dt);
   TORCH_CHECK(grad.dim() >= 1, "mix_images_backward: grad must have a batch dimension");
   TORCH_CHECK(!stdv.has_value() || grad.dim() == 4, "mix_images_backward: std needs (B, C, H, W) gradients");
   const int64_t B = grad.size(0);
@@ -448,8 +510,8 @@ Tensor mix_images_backward(const Tensor& grad, const Tensor& lam, const Tensor& 
     channels = g.size(1);
     inner = g.is_contiguous() ? g.size(2) * g.size(3) : 1;
   }
-  Tensor std_c = per_channel(stdv, dt, channels, "std");
-  Tensor lam_c = lam.reshape({-1}).to(dt).contiguous();
+  Tensor std_c = per_channel(stdv, om, channels, "std");
+  Tensor lam_c = lam.reshape({-1}).to(om).contiguous();
   Tensor idx = index.reshape({-1}).to(at::kLong).contiguous();
   // sources of each target, in increasing order (index_add_'s accumulation order)
   std::vector<int64_t> offsets(B + 1, 0), sources;
@@ -465,11 +527,11 @@ Tensor mix_images_backward(const Tensor& grad, const Tensor& lam, const Tensor& 
   }
   const int64_t chunk = stdv.has_value() && inner == 1 ? (kMixChunk + channels - 1) / channels * channels : kMixChunk;
   const int64_t nch = (P + chunk - 1) / chunk;
-  auto launch = [&](auto tag) {
-    using Tm = decltype(tag);
+  auto launch = [&](auto tag, auto fn) {
+    using Tm = decltype(tag);  // opmath
     MixBwdArgs<Tm> a;
-    a.grad = g.const_data_ptr<Tm>();
-    a.dx = o.mutable_data_ptr<Tm>();
+    a.grad = g.const_data_ptr();
+    a.dx = o.mutable_data_ptr();
     a.B = B;
     a.P = P;
     a.lam = lam_c.const_data_ptr<Tm>();
@@ -479,7 +541,6 @@ Tensor mix_images_backward(const Tensor& grad, const Tensor& lam, const Tensor& 
     a.stdv = std_c.defined() ? std_c.const_data_ptr<Tm>() : nullptr;
     a.channels = channels;
     a.inner = inner;
-    auto fn = Fns<Tm>::bwd(table());
     at::parallel_for(0, B * nch, task_grain(std::min(P, chunk)), [&](int64_t i0, int64_t i1) {
       for (int64_t it = i0; it < i1; ++it) {
         const int64_t t = it / nch, e0 = (it % nch) * chunk;
@@ -487,8 +548,14 @@ Tensor mix_images_backward(const Tensor& grad, const Tensor& lam, const Tensor& 
       }
     });
   };
-  if (dt == at::kFloat) launch(float());
-  else launch(double());
+  const KernelTable& tab = table();
+  if (dt == at::kDouble) {
+    launch(double(), tab.mix_bwd_f64);
+  } else {
+    const int kind = elem_kind(dt);
+    auto fn = tab.mix_bwd_f32;
+    launch(float(), [&](const MixBwdArgs<float>& a, int64_t t, int64_t e0, int64_t e1) { fn(kind, a, t, e0, e1); });
+  }
   if (!o.is_same(out)) out.copy_(o);
   return out;
 }
@@ -498,8 +565,8 @@ void mix_images_inplace(at::Tensor& images, const Tensor& lam, const Tensor& ind
                         const c10::optional<Tensor>& boxes) {
   TORCH_CHECK(images.device().is_cpu(), "mix_images_ (cpu backend): images must be on the CPU");
   const auto dt = images.scalar_type();
-  TORCH_CHECK(dt == at::kFloat || dt == at::kDouble, "mix_images_ (cpu kernel): images must be float32 or float64, got ",
-              dt);
+  TORCH_CHECK(dt == at::kFloat || dt == at::kDouble || dt == at::kHalf || dt == at::kBFloat16,
+              "mix_images_ (cpu kernel): images must be float16 / bfloat16 / float32 / float64, got ", dt);
   TORCH_CHECK(images.dim() >= 1, "mix_images_: images must have a batch dimension");
   TORCH_CHECK(sample_blocks(images), "mix_images_ (cpu kernel): images must be contiguous or channels_last");
   TORCH_CHECK(!boxes.has_value() || images.dim() == 4, "mix_images_: boxes need (B, C, H, W) images");
@@ -507,7 +574,7 @@ void mix_images_inplace(at::Tensor& images, const Tensor& lam, const Tensor& ind
   const int64_t B = images.size(0), P = images.numel() / B;
   TORCH_CHECK(lam.numel() == B && index.numel() == B, "mix_images_: lam and index must have B = ", B, " entries");
   TORCH_CHECK(!boxes.has_value() || boxes->numel() == 4 * B, "mix_images_: boxes must have shape (B, 4)");
-  Tensor lam_c = lam.reshape({-1}).to(dt).contiguous();
+  Tensor lam_c = lam.reshape({-1}).to(opmath(dt)).contiguous();
   Tensor idx = index.reshape({-1}).to(at::kLong).contiguous();
   Tensor box_c = boxes.has_value() ? boxes->reshape({-1}).to(at::kLong).contiguous() : Tensor();
   const int64_t* ip = idx.const_data_ptr<int64_t>();
@@ -523,18 +590,19 @@ void mix_images_inplace(at::Tensor& images, const Tensor& lam, const Tensor& ind
   const int64_t W = images.dim() == 4 ? images.size(3) : P;
   const int64_t npairs = static_cast<int64_t>(pairs.size());
   const int64_t nch = (P + kMixChunk - 1) / kMixChunk;
-  auto launch = [&](auto tag) {
+  // Ts: storage type (uint16_t for float16 / bfloat16), Tm: opmath
+  auto launch = [&](auto storage_tag, auto tag, auto fn) {
+    using Ts = decltype(storage_tag);
     using Tm = decltype(tag);
-    Tm* x = images.mutable_data_ptr<Tm>();
+    Ts* x = static_cast<Ts*>(images.mutable_data_ptr());
     const Tm* lp = lam_c.const_data_ptr<Tm>();
-    auto fn = Fns<Tm>::pair(table());
     at::parallel_for(0, npairs * nch, task_grain(2 * std::min(P, kMixChunk)), [&](int64_t i0, int64_t i1) {
-      std::vector<Tm> old_b, old_c;  // the chunk's values before mixing, for the boxes
+      std::vector<Ts> old_b, old_c;  // the chunk's values before mixing, for the boxes
       for (int64_t it = i0; it < i1; ++it) {
         const auto& pr = pairs[it / nch];
         const int64_t e0 = (it % nch) * kMixChunk, e1 = std::min(P, e0 + kMixChunk);
-        Tm* xb = x + pr.first * P;
-        Tm* xc = x + pr.second * P;
+        Ts* xb = x + pr.first * P;
+        Ts* xc = x + pr.second * P;
         if (bp == nullptr) {
           fn(xb, xc, lp[pr.first], lp[pr.second], e0, e1);
           continue;
@@ -552,8 +620,18 @@ void mix_images_inplace(at::Tensor& images, const Tensor& lam, const Tensor& ind
       }
     });
   };
-  if (dt == at::kFloat) launch(float());
-  else launch(double());
+  const KernelTable& tab = table();
+  if (dt == at::kFloat) {
+    launch(float(), float(), tab.mix_pair_f32);
+  } else if (dt == at::kDouble) {
+    launch(double(), double(), tab.mix_pair_f64);
+  } else {
+    const int kind = elem_kind(dt);
+    auto fn = tab.mix_pair_half;
+    launch(uint16_t(), float(), [&](uint16_t* xb, uint16_t* xc, float lb, float lc, int64_t e0, int64_t e1) {
+      fn(kind, xb, xc, lb, lc, e0, e1);
+    });
+  }
 }
 
 std::string isa() { return table().isa; }

@@ -31,17 +31,20 @@ std::tuple<at::Tensor, at::Tensor> seesaw_fwd_inplace(const at::Tensor& logits, 
 at::Tensor seesaw_bwd(const at::Tensor& grad, const at::Tensor& grad_loss, const c10::optional<at::Tensor>& grad_obj,
                       bool inplace);
 
-// mix_images (CutMix boxes optional): uint8 -> float32, float32 -> float32, float64 -> float64; images
-// contiguous or (4-D) channels_last; mean / std / boxes need 4-D images.
+// mix_images (CutMix boxes optional): images of uint8 / float16 / bfloat16 / float32 into float16 /
+// bfloat16 / float32 (`out_dtype`; by default the images' dtype, float32 for uint8), maths in
+// float32; float64 into float64. Images contiguous or (4-D) channels_last; mean / std / boxes
+// need 4-D images.
 at::Tensor mix_images(const at::Tensor& images, const at::Tensor& lam, const at::Tensor& index,
                       const c10::optional<at::Tensor>& mean, const c10::optional<at::Tensor>& stdv, double scale,
-                      const c10::optional<at::Tensor>& boxes = c10::nullopt);
+                      const c10::optional<at::Tensor>& boxes = c10::nullopt,
+                      c10::optional<at::ScalarType> out_dtype = c10::nullopt);
 
-// mix_images_backward without boxes, float32 or float64 gradient and images.
+// mix_images_backward without boxes, float16 / bfloat16 / float32 / float64 gradient and images.
 at::Tensor mix_images_backward(const at::Tensor& grad, const at::Tensor& lam, const at::Tensor& index,
                                const c10::optional<at::Tensor>& stdv, double scale);
 
-// mix_images_ (in place, involutive pairing), float32 / float64 images with each sample a
+// mix_images_ (in place, involutive pairing), float16 / bfloat16 / float32 / float64 images with each sample a
 // contiguous block (contiguous or channels_last).
 void mix_images_inplace(at::Tensor& images, const at::Tensor& lam, const at::Tensor& index,
                         const c10::optional<at::Tensor>& boxes);

@@ -153,6 +153,199 @@ static inline float sexp(float x) {
 static inline vfloat vexp(vfloat x) { return sexp(x); }
 #endif
 
+// ----------------------------------------------------------------------------- half precision
+// float16 / bfloat16 <-> float32 on raw 16-bit patterns, with the rounding of PyTorch's own
+// conversions (c10::Half, c10::BFloat16): round to nearest even, overflow to infinity, NaN stays
+// NaN. Scalar forms (one value, bit-identical to the vector forms) and vector forms of
+// kFloatLanes values: integer lane arithmetic (the "bf16 shifts", and float16 rebuilt from its
+// fields), or the F16C instructions where the including file enables them (LMX_F16C).
+enum HalfKind : int { kHalfF16 = 0, kHalfBF16 = 1 };
+
+static inline float bits_float(uint32_t u) {
+  float f;
+  std::memcpy(&f, &u, 4);
+  return f;
+}
+static inline uint32_t float_bits(float f) {
+  uint32_t u;
+  std::memcpy(&u, &f, 4);
+  return u;
+}
+
+static inline float sbf16_to_f32(uint16_t h) { return bits_float(static_cast<uint32_t>(h) << 16); }
+static inline uint16_t sf32_to_bf16(float f) {
+  if (f != f) return 0x7FC0;
+  const uint32_t u = float_bits(f);
+  return static_cast<uint16_t>((u + 0x7FFFu + ((u >> 16) & 1u)) >> 16);
+}
+// float16 fields moved into a float32: exponent rebased by 112 (normals), by 224 for Inf/NaN,
+// subnormals renormalised with one float subtraction.
+static inline float sf16_to_f32(uint16_t h) {
+  uint32_t o = (static_cast<uint32_t>(h) & 0x7FFFu) << 13;
+  const uint32_t e = o & (0x7C00u << 13);
+  o += (127u - 15u) << 23;
+  if (e == (0x7C00u << 13)) {
+    o += (128u - 16u) << 23;
+  } else if (e == 0) {
+    o += 1u << 23;
+    o = float_bits(bits_float(o) - bits_float(113u << 23));
+  }
+  return bits_float(o | ((static_cast<uint32_t>(h) & 0x8000u) << 16));
+}
+static inline uint16_t sf32_to_f16(float f) {
+  uint32_t u = float_bits(f);
+  const uint32_t sign = u & 0x80000000u;
+  u ^= sign;
+  uint32_t o;
+  if (u >= (143u << 23)) {  // |f| >= 65536 (rounds to Inf), Inf, NaN
+    o = u > 0x7F800000u ? 0x7E00u : 0x7C00u;
+  } else if (u < (113u << 23)) {  // a float16 subnormal or zero: add 0.5 to align the 10 mantissa bits
+    o = float_bits(bits_float(u) + 0.5f) - (126u << 23);
+  } else {  // normal: rebase the exponent, round to nearest even on the 13 dropped bits
+    o = (u + 0xC8000FFFu + ((u >> 13) & 1u)) >> 13;  // 0xC8000FFF = ((15 - 127) << 23) + 0xFFF
+  }
+  return static_cast<uint16_t>(o | (sign >> 16));
+}
+
+#if LMX_VECTOR_EXT
+typedef uint32_t vuint __attribute__((vector_size(4 * LMX_FLOAT_LANES)));
+typedef uint16_t vhalf __attribute__((vector_size(2 * LMX_FLOAT_LANES)));
+
+static inline vuint vload_h(const uint16_t* p) {
+  vhalf h;
+  std::memcpy(&h, p, sizeof h);
+  return __builtin_convertvector(h, vuint);
+}
+static inline void vstore_h(uint16_t* p, vuint v) {  // lanes hold values < 2^16
+#if defined(LMX_X86_MINMAX) && LMX_FLOAT_LANES == 8
+  // vpackusdw packs the 128-bit halves side by side: pack with itself, keep the 64-bit pieces 0 and 2
+  const __m256i w = _mm256_packus_epi32((__m256i)v, (__m256i)v);
+  _mm_storeu_si128(reinterpret_cast<__m128i*>(p), _mm256_castsi256_si128(_mm256_permute4x64_epi64(w, 0x08)));
+#elif defined(LMX_X86_MINMAX) && LMX_FLOAT_LANES == 4
+  // SSE2 has only the signed pack: shift the values into its range and back
+  const __m128i b = _mm_sub_epi32((__m128i)v, _mm_set1_epi32(0x8000));
+  const __m128i w = _mm_add_epi16(_mm_packs_epi32(b, b), _mm_set1_epi16(static_cast<short>(0x8000)));
+  _mm_storel_epi64(reinterpret_cast<__m128i*>(p), w);
+#else
+  const vhalf h = __builtin_convertvector(v, vhalf);
+  std::memcpy(p, &h, sizeof h);
+#endif
+}
+static inline vfloat vbf16_to_f32(const uint16_t* p) { return (vfloat)(vload_h(p) << 16); }
+static inline void vf32_to_bf16(uint16_t* p, vfloat f) {
+  const vuint u = (vuint)f;
+  const vuint r = (u + 0x7FFFu + ((u >> 16) & 1u)) >> 16;
+  vstore_h(p, (vuint)vselect(f != f, (vfloat)(r * 0u + 0x7FC0u), (vfloat)r));
+}
+#if defined(LMX_F16C) && LMX_FLOAT_LANES == 8
+static inline vfloat vf16_to_f32(const uint16_t* p) {
+  return (vfloat)_mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
+}
+static inline void vf32_to_f16(uint16_t* p, vfloat f) {
+  _mm_storeu_si128(reinterpret_cast<__m128i*>(p), _mm256_cvtps_ph((__m256)f, _MM_FROUND_TO_NEAREST_INT));
+}
+#else
+static inline vfloat vf16_to_f32(const uint16_t* p) {
+  const vuint h = vload_h(p);
+  vuint o = (h & 0x7FFFu) << 13;
+  const vuint e = o & (0x7C00u << 13);
+  o += (127u - 15u) << 23;
+  const vint infnan = (vint)(e == (0x7C00u << 13)), sub = (vint)(e == 0u);
+  o += (vuint)infnan & ((128u - 16u) << 23);
+  const vfloat renorm = (vfloat)(o + (1u << 23)) - bits_float(113u << 23);
+  o = (vuint)vselect(sub, renorm, (vfloat)o);
+  return (vfloat)(o | ((h & 0x8000u) << 16));
+}
+static inline void vf32_to_f16(uint16_t* p, vfloat f) {
+  vuint u = (vuint)f;
+  const vuint sign = u & 0x80000000u;
+  u ^= sign;
+  const vuint special = (vuint)vselect((vint)(u > 0x7F800000u), (vfloat)(u * 0u + 0x7E00u), (vfloat)(u * 0u + 0x7C00u));
+  const vuint sub = (vuint)((vfloat)u + 0.5f) - (126u << 23);
+  const vuint norm = (u + 0xC8000FFFu + ((u >> 13) & 1u)) >> 13;
+  vuint o = (vuint)vselect((vint)(u < (113u << 23)), (vfloat)sub, (vfloat)norm);
+  o = (vuint)vselect((vint)(u >= (143u << 23)), (vfloat)special, (vfloat)o);
+  vstore_h(p, o | (sign >> 16));
+}
+#endif
+#endif
+
+// The 128-bit build on x86-64 (SSE2 only by default): float16 arrays through F16C's 4-lane forms
+// when the CPU has it (checked once at run time; nearly every x86-64 CPU since 2012), the
+// integer lane arithmetic above otherwise.
+#if LMX_VECTOR_EXT && defined(LMX_X86_MINMAX) && LMX_FLOAT_LANES == 4 && !defined(LMX_F16C)
+#define LMX_F16C_AT_RUN_TIME 1
+static inline bool cpu_has_f16c() {
+  static const bool has = [] {
+    __builtin_cpu_init();
+    return __builtin_cpu_supports("f16c") != 0;
+  }();
+  return has;
+}
+__attribute__((target("f16c"))) static inline int64_t f16c_to_float(const uint16_t* src, float* dst, int64_t n) {
+  int64_t k = 0;
+  for (; k + 4 <= n; k += 4)
+    _mm_storeu_ps(dst + k, _mm_cvtph_ps(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(src + k))));
+  return k;
+}
+__attribute__((target("f16c"))) static inline int64_t f16c_from_float(const float* src, uint16_t* dst, int64_t n) {
+  int64_t k = 0;
+  for (; k + 4 <= n; k += 4)
+    _mm_storel_epi64(reinterpret_cast<__m128i*>(dst + k), _mm_cvtps_ph(_mm_loadu_ps(src + k), _MM_FROUND_TO_NEAREST_INT));
+  return k;
+}
+#endif
+
+#ifdef LMX_F16C_AT_RUN_TIME
+// mix_images_'s pair step on float16 values with F16C's 4-lane forms (the values stay in
+// registers between the conversions); returns how many elements it did (a multiple of 4).
+__attribute__((target("f16c"))) static inline int64_t f16c_mix_pair(uint16_t* xb, uint16_t* xc, float lb, float omb,
+                                                                    float lc, float omc, int64_t n) {
+  const __m128 vlb = _mm_set1_ps(lb), vomb = _mm_set1_ps(omb), vlc = _mm_set1_ps(lc), vomc = _mm_set1_ps(omc);
+  int64_t k = 0;
+  for (; k + 4 <= n; k += 4) {
+    __m128i* pb = reinterpret_cast<__m128i*>(xb + k);
+    __m128i* pc = reinterpret_cast<__m128i*>(xc + k);
+    const __m128 u = _mm_cvtph_ps(_mm_loadl_epi64(pb)), v = _mm_cvtph_ps(_mm_loadl_epi64(pc));
+    const __m128 rb = _mm_add_ps(_mm_mul_ps(vlb, u), _mm_mul_ps(vomb, v));
+    const __m128 rc = _mm_add_ps(_mm_mul_ps(vlc, v), _mm_mul_ps(vomc, u));
+    _mm_storel_epi64(pb, _mm_cvtps_ph(rb, _MM_FROUND_TO_NEAREST_INT));
+    _mm_storel_epi64(pc, _mm_cvtps_ph(rc, _MM_FROUND_TO_NEAREST_INT));
+  }
+  return k;
+}
+#endif
+
+// n values: 16-bit patterns of `kind` <-> float32 (vectorised, scalar tail).
+static inline void half_to_float(int kind, const uint16_t* src, float* dst, int64_t n) {
+  int64_t k = 0;
+#if LMX_VECTOR_EXT
+  if (kind == kHalfBF16) {
+    for (; k + kFloatLanes <= n; k += kFloatLanes) vstore(dst + k, vbf16_to_f32(src + k));
+  } else {
+#ifdef LMX_F16C_AT_RUN_TIME
+    if (cpu_has_f16c()) k = f16c_to_float(src, dst, n);
+#endif
+    for (; k + kFloatLanes <= n; k += kFloatLanes) vstore(dst + k, vf16_to_f32(src + k));
+  }
+#endif
+  for (; k < n; ++k) dst[k] = kind == kHalfBF16 ? sbf16_to_f32(src[k]) : sf16_to_f32(src[k]);
+}
+static inline void float_to_half(int kind, const float* src, uint16_t* dst, int64_t n) {
+  int64_t k = 0;
+#if LMX_VECTOR_EXT
+  if (kind == kHalfBF16) {
+    for (; k + kFloatLanes <= n; k += kFloatLanes) vf32_to_bf16(dst + k, vload(src + k));
+  } else {
+#ifdef LMX_F16C_AT_RUN_TIME
+    if (cpu_has_f16c()) k = f16c_from_float(src, dst, n);
+#endif
+    for (; k + kFloatLanes <= n; k += kFloatLanes) vf32_to_f16(dst + k, vload(src + k));
+  }
+#endif
+  for (; k < n; ++k) dst[k] = kind == kHalfBF16 ? sf32_to_bf16(src[k]) : sf32_to_f16(src[k]);
+}
+
 }  // namespace lmx
 
 #endif  // LOSSMIX_CPU_SIMD_H_

@@ -9,9 +9,15 @@ Also ``seesaw_fwd_inplace`` (the gradient written over the logits, for ``inplace
 Kernels are compiled for AVX2+FMA and for the baseline instruction set; the best one the CPU
 supports is used (:func:`isa`; ``LOSSMIX_EXT_CPU_ISA=baseline`` forces the baseline).
 
+Half precision: float16 / bfloat16 logits, gradients and images are converted row by row / block
+by block with vector conversions (F16C and bfloat16 shifts in the AVX2 build, integer lane
+arithmetic in the baseline one; round to nearest even as PyTorch's) around the float32 maths,
+in L1-sized buffers: images of uint8 / float16 / bfloat16 / float32 mix into float16 /
+bfloat16 / float32 natively, and the backward and in-place pairs take float16 / bfloat16 too.
+
 Argument combinations without a native kernel go explicitly to the ``torch`` backend's
-kernel: CutMix ``boxes``; mixing of float16/bfloat16 images or to another output dtype;
-more than 2 label sets; layouts where a sample is not one contiguous block.
+kernel: the backward of CutMix ``boxes``; float64 mixed with another dtype; more than 2 label
+sets; layouts where a sample is not one contiguous block.
 """
 from __future__ import annotations
 
@@ -35,7 +41,9 @@ def isa() -> Optional[str]:
     return None if _C is None else _C.cpu_isa()
 
 
-_MIX_NATIVE = {(torch.uint8, torch.float32), (torch.float32, torch.float32), (torch.float64, torch.float64)}
+_HALF_F32 = (torch.float16, torch.bfloat16, torch.float32)
+# (images, output) dtypes of the native kernels: float32 maths between any of these, and float64
+_MIX_NATIVE = {(i, o) for i in (torch.uint8,) + _HALF_F32 for o in _HALF_F32} | {(torch.float64, torch.float64)}
 
 
 def mix_images(images, lam, index, boxes, mean, std, scale, out_dtype):
@@ -43,11 +51,11 @@ def mix_images(images, lam, index, boxes, mean, std, scale, out_dtype):
               and (images.dim() == 4 or (mean is None and std is None and boxes is None)))
     if not native:
         return _torch_backend.mix_images(images, lam, index, boxes, mean, std, scale, out_dtype)
-    return _C.mix_images_cpu(images, lam, index, mean, std, float(scale), boxes)
+    return _C.mix_images_cpu(images, lam, index, mean, std, float(scale), boxes, out_dtype)
 
 
 def mix_images_backward(grad, lam, index, boxes, std, scale, images_dtype):
-    native = (boxes is None and grad.dtype in (torch.float32, torch.float64) and images_dtype == grad.dtype
+    native = (boxes is None and grad.dtype in _HALF_F32 + (torch.float64,) and images_dtype == grad.dtype
               and (std is None or grad.dim() == 4))
     if not native:
         return _torch_backend.mix_images_backward(grad, lam, index, boxes, std, scale, images_dtype)
@@ -55,7 +63,7 @@ def mix_images_backward(grad, lam, index, boxes, std, scale, images_dtype):
 
 
 def mix_images_inplace(images, lam, index, boxes=None):
-    if images.dtype not in (torch.float32, torch.float64) or not _sample_blocks(images):
+    if images.dtype not in _HALF_F32 + (torch.float64,) or not _sample_blocks(images):
         return _torch_backend.mix_images_inplace(images, lam, index, boxes)
     _C.mix_images_inplace_cpu(images, lam, index, boxes)
 

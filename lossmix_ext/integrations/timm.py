@@ -34,7 +34,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .. import _backend, _reference
+from .. import _reference
 from .. import _validation as V
 from ..functional import _inplace_images, mix_images_, sample_beta
 from ..mix import MixPlan
@@ -151,7 +151,6 @@ class Mixup:
         self.backend = backend
         self.mixup_enabled = True  # the training loop may switch mixing off (timm's attribute)
         self._flip: Dict[Tuple[int, torch.device], Tensor] = {}
-        self._half_buffer: Optional[Tensor] = None  # float32 scratch of the half-precision detour (below)
 
     # ------------------------------------------------------------------ draws
     def __repr__(self) -> str:
@@ -275,11 +274,8 @@ class Mixup:
         plan = self.plan(self.draw(B, h, w, x.device), B)
         if self.mixup_enabled:
             boxes = plan.boxes if self.cutmix_alpha > 0 else None
-            if _half_through_float32(x, self.backend):
-                _inplace_images(x, "x")
-                self._half_buffer = _mix_half_through_float32_(x, plan.pixel_lam, boxes, self._half_buffer)
-            else:
-                mix_images_(x, plan.pixel_lam, plan.index, boxes=boxes, backend=self.backend)
+            _inplace_images(x, "x")  # the in-place conditions, naming timm's argument
+            mix_images_(x, plan.pixel_lam, plan.index, boxes=boxes, backend=self.backend)
         return x, plan
 
     def __call__(self, x: Tensor, target: Tensor) -> Tuple[Tensor, Tensor]:
@@ -309,56 +305,6 @@ class Mixup:
         eps = self.label_smoothing
         return plan.mix_loss(lambda o, t: F.cross_entropy(o, t, label_smoothing=eps, reduction="none"),
                              logits, target, reduction=reduction)
-
-
-# --------------------------------------------------------------------------- half precision on CPU
-# Interim, until the cpu backend mixes float16 / bfloat16 natively: its mix kernels take float32
-# and float64 and send half-precision batches to the torch kernels, about 40x slower than the
-# float32 kernel (bf16, 128x3x224x224: 282 ms against 6 ms for float32). Mixup keeps them on the
-# float32 kernel instead: the batch is converted into a float32 buffer kept on the Mixup object
-# (a fresh one costs its page faults at every call), mixed there and written back (one rounding
-# to the batch's dtype, as the torch kernels round). Batches beyond _HALF_CHUNK_BYTES of float32
-# go through the buffer in parts of whole pairs; smaller parts measured no faster on 2 cores,
-# and much slower when another process holds a core (every part is a few more parallel ops).
-# Everything of this detour is in this block and its one call in Mixup.mix; drop both once
-# lossmix_ext.backends.cpu mixes float16 / bfloat16 itself.
-_HALF = (torch.float16, torch.bfloat16)
-_HALF_CHUNK_BYTES = 128 << 20  # the float32 buffer holds at most this much
-
-
-def _half_through_float32(x: Tensor, backend: Optional[str]) -> bool:
-    """Whether ``x`` would otherwise go from the native cpu kernel to the slow torch kernels."""
-    return x.dtype in _HALF and x.device.type == "cpu" and _backend.resolve("mix_images_", backend, x.device) == "cpu"
-
-
-def _mix_half_through_float32_(x: Tensor, pixel_lam: Tensor, boxes: Optional[Tensor],
-                               buffer: Optional[Tensor] = None) -> Tensor:
-    """``mix_images_(x, pixel_lam, flip, boxes)`` for a float16 / bfloat16 CPU batch paired b ↔ B−1−b
-    (Mixup's pairing), through the cpu backend's float32 kernel, all pairs at once or as many as
-    ``_HALF_CHUNK_BYTES`` of float32 hold per step. Returns the float32 scratch buffer for the
-    next call (``buffer``: a previous one, reused when it fits: a fresh allocation of this size
-    costs page faults at every call)."""
-    B = x.shape[0]
-    half = B // 2  # pairs (i, B-1-i); an odd batch's middle sample is its own partner: unchanged
-    per_sample = max(1, x[0].numel()) * 4
-    k = max(1, min(half, _HALF_CHUNK_BYTES // (2 * per_sample)))
-    like = x[: 2 * k]
-    if (buffer is None or buffer.shape != like.shape or buffer.stride() != torch.empty_like(like).stride()):
-        buffer = torch.empty_like(like, dtype=torch.float32)
-    flip = torch.arange(2 * k - 1, -1, -1)
-    for i0 in range(0, half, k):
-        i1 = min(half, i0 + k)
-        n = i1 - i0
-        lo, hi = slice(i0, i1), slice(B - i1, B - i0)  # row r < n of the buffer pairs with row 2n-1-r
-        b = buffer[: 2 * n]
-        b[:n].copy_(x[lo])
-        b[n:].copy_(x[hi])
-        lam = torch.cat([pixel_lam[lo], pixel_lam[hi]])
-        bx = None if boxes is None else torch.cat([boxes[lo], boxes[hi]])
-        mix_images_(b, lam, flip[2 * (k - n):] if n < k else flip, boxes=bx, backend="cpu")
-        x[lo].copy_(b[:n])
-        x[hi].copy_(b[n:])
-    return buffer
 
 
 # --------------------------------------------------------------------------- FastCollateMixup
