@@ -577,12 +577,124 @@ void mix_sample(const MixArgs<Tm>& a, const Tin* xa, const Tin* xb, Tout* out, i
                             oml);
 }
 
-// The same for float32 maths between storage kinds (ElemKind): uint8 and float32 samples are
-// read in place, float16 / bfloat16 ones converted block by block into L1 buffers, and a
-// float16 / bfloat16 output converted from a float32 block.
+// ----- float32 maths between storage kinds, the values converted in registers
+template <int K>
+inline float load_one(const void* p, int64_t i) {
+  if constexpr (K == kElemF32) return static_cast<const float*>(p)[i];
+  else if constexpr (K == kElemU8) return static_cast<float>(static_cast<const uint8_t*>(p)[i]);
+  else if constexpr (K == kElemF16) return lmx::sf16_to_f32(static_cast<const uint16_t*>(p)[i]);
+  else return lmx::sbf16_to_f32(static_cast<const uint16_t*>(p)[i]);
+}
+template <int K>
+inline void store_one(void* p, int64_t i, float v) {
+  if constexpr (K == kElemF32) static_cast<float*>(p)[i] = v;
+  else if constexpr (K == kElemF16) static_cast<uint16_t*>(p)[i] = lmx::sf32_to_f16(v);
+  else static_cast<uint16_t*>(p)[i] = lmx::sf32_to_bf16(v);
+}
+
+template <int K>
+inline lmx::vfloat load_kind(const void* p, int64_t i) {
+#if LMX_VECTOR_EXT
+  if constexpr (K == kElemF32) {
+    return lmx::vload(static_cast<const float*>(p) + i);
+  } else if constexpr (K == kElemU8) {
+    typedef uint8_t vu8 __attribute__((vector_size(lmx::kFloatLanes)));
+    vu8 u;
+    std::memcpy(&u, static_cast<const uint8_t*>(p) + i, sizeof u);
+    return __builtin_convertvector(u, lmx::vfloat);
+  } else if constexpr (K == kElemF16) {
+    return lmx::vf16_to_f32(static_cast<const uint16_t*>(p) + i);
+  } else {
+    return lmx::vbf16_to_f32(static_cast<const uint16_t*>(p) + i);
+  }
+#else
+  return load_one<K>(p, i);
+#endif
+}
+template <int K>
+inline void store_kind(void* p, int64_t i, lmx::vfloat v) {
+#if LMX_VECTOR_EXT
+  if constexpr (K == kElemF32) lmx::vstore(static_cast<float*>(p) + i, v);
+  else if constexpr (K == kElemF16) lmx::vf32_to_f16(static_cast<uint16_t*>(p) + i, v);
+  else lmx::vf32_to_bf16(static_cast<uint16_t*>(p) + i, v);
+#else
+  store_one<K>(p, i, v);
+#endif
+}
+// out[e, e + n) = lam v(xa) + (1 - lam) v(xb) with constant mean / std, read and written in their kinds.
+template <int IK, int OK, bool M, bool SD>
+void mix_span_kinds(const void* xa, const void* xb, void* o, int64_t e, int64_t n, float lam, float oml,
+                    float scale, float mean, float sd) {
+  int64_t k = 0;
+#if LMX_VECTOR_EXT
+  constexpr int W = lmx::kFloatLanes;
+  const lmx::vfloat vl = lmx::vsplat(lam), vo = lmx::vsplat(oml), vs = lmx::vsplat(scale), vm = lmx::vsplat(mean),
+                    vd = lmx::vsplat(sd);
+  for (; k + W <= n; k += W) {
+    const lmx::vfloat va = lmx::normalise(load_kind<IK>(xa, e + k), vs, vm, vd, M, SD);
+    const lmx::vfloat vb = lmx::normalise(load_kind<IK>(xb, e + k), vs, vm, vd, M, SD);
+    store_kind<OK>(o, e + k, lmx::mix_value(va, vb, vl, vo));
+  }
+#endif
+  for (; k < n; ++k) {
+    const float va = lmx::normalise(load_one<IK>(xa, e + k), scale, mean, sd, M, SD);
+    const float vb = lmx::normalise(load_one<IK>(xb, e + k), scale, mean, sd, M, SD);
+    store_one<OK>(o, e + k, lmx::mix_value(va, vb, lam, oml));
+  }
+}
+
+// A sample's elements [e0, e1) with mean / std constant per channel run (NCHW, one channel, or
+// none): every value converted in registers.
+template <int IK, int OK, bool M, bool SD>
+void mix_sample_fused(const MixArgs<float>& a, const void* xa, const void* xb, void* o, int64_t e0, int64_t e1,
+                      float lam, float oml) {
+  if (!M && !SD) {
+    mix_span_kinds<IK, OK, false, false>(xa, xb, o, e0, e1 - e0, lam, oml, a.scale, 0.0f, 1.0f);
+    return;
+  }
+  channel_runs(e0, e1, a.inner, a.channels, [&](int64_t e, int64_t len, int64_t c) {
+    mix_span_kinds<IK, OK, M, SD>(xa, xb, o, e, len, lam, oml, a.scale, M ? a.mean[c] : 0.0f, SD ? a.stdv[c] : 1.0f);
+  });
+}
+
+template <bool M, bool SD, int IK>
+bool mix_fused_out(const MixArgs<float>& a, int out_kind, const void* xa, const void* xb, void* o, int64_t e0,
+                   int64_t e1, float lam, float oml) {
+  switch (out_kind) {
+    case kElemF32: mix_sample_fused<IK, kElemF32, M, SD>(a, xa, xb, o, e0, e1, lam, oml); return true;
+    case kElemF16: mix_sample_fused<IK, kElemF16, M, SD>(a, xa, xb, o, e0, e1, lam, oml); return true;
+    case kElemBF16: mix_sample_fused<IK, kElemBF16, M, SD>(a, xa, xb, o, e0, e1, lam, oml); return true;
+    default: return false;
+  }
+}
+
+// Whether the register-converting path applies: half precision on either side, mean / std
+// constant along runs (not the channels-last pattern), and float16 converted in registers only
+// where the build has F16C (the baseline build's array conversions use it at run time).
+template <bool M, bool SD>
+bool mix_fused(const MixArgs<float>& a, int in_kind, int out_kind, const void* xa, const void* xb, void* o,
+               int64_t e0, int64_t e1, float lam, float oml) {
+  const bool half = in_kind == kElemF16 || in_kind == kElemBF16 || out_kind != kElemF32;
+  if (!half || ((M || SD) && a.inner == 1 && a.channels > 1)) return false;
+#ifndef LMX_F16C
+  if (in_kind == kElemF16 || out_kind == kElemF16) return false;
+#endif
+  switch (in_kind) {
+    case kElemF32: return mix_fused_out<M, SD, kElemF32>(a, out_kind, xa, xb, o, e0, e1, lam, oml);
+    case kElemU8: return mix_fused_out<M, SD, kElemU8>(a, out_kind, xa, xb, o, e0, e1, lam, oml);
+    case kElemF16: return mix_fused_out<M, SD, kElemF16>(a, out_kind, xa, xb, o, e0, e1, lam, oml);
+    default: return mix_fused_out<M, SD, kElemBF16>(a, out_kind, xa, xb, o, e0, e1, lam, oml);
+  }
+}
+
+// The same for float32 maths between storage kinds (ElemKind): converted in registers where
+// mix_fused applies; else uint8 and float32 samples read in place, float16 / bfloat16 ones
+// converted block by block into L1 buffers, and a float16 / bfloat16 output converted from a
+// float32 block.
 template <bool M, bool SD>
 void mix_sample_kinds(const MixArgs<float>& a, int in_kind, int out_kind, const void* xa, const void* xb, void* out,
                       int64_t e0, int64_t e1, float lam, float oml) {
+  if (mix_fused<M, SD>(a, in_kind, out_kind, xa, xb, out, e0, e1, lam, oml)) return;
   const bool pattern = (M || SD) && a.inner == 1 && a.channels > 1 && a.channels <= kMaxPatternChannels;
   ChannelPattern<float> pat(pattern ? a.mean : nullptr, pattern ? a.stdv : nullptr, pattern ? a.channels : 1);
   const ChannelPattern<float>* pp = pattern ? &pat : nullptr;

@@ -82,9 +82,14 @@ void run_seesaw(const Tensor& logits, const Tensor& grad, SeesawArgs<T> a) {
       D* gr = g + i * g0;
       if constexpr (kHalf && std::is_same_v<T, float>) {
         if (s1 == 1 && g1 == 1) {
-          tab.half_to_float(hk, reinterpret_cast<const uint16_t*>(xr), zb, CT);
+          bool active = false;  // a class loss in some label set (else the row reads only its objectness)
+          for (int s = 0; s < a.S; ++s)
+            active |= lmx::label_active(a.labels[s * a.lab_s + i * a.lab_n], a.C, a.has_ignore, a.ignore_index);
+          const int64_t k0 = active ? 0 : a.C;  // a background row: no class columns to convert
+          tab.half_to_float(hk, reinterpret_cast<const uint16_t*>(xr) + k0, zb + k0, CT - k0);
           fn(a, i, zb, gb, scratch.data());
-          tab.float_to_half(hk, gb, reinterpret_cast<uint16_t*>(gr), CT);
+          if (!active) std::memset(static_cast<void*>(gr), 0, static_cast<size_t>(a.C) * sizeof(D));  // +0 bits
+          tab.float_to_half(hk, gb + k0, reinterpret_cast<uint16_t*>(gr) + k0, CT - k0);
           continue;
         }
       }
