@@ -641,6 +641,27 @@ def test_mix_images_half_backward_and_in_place(isa, dtype):
         assert torch.equal(y[3], x[3]) and torch.equal(y[4], x[4])  # fixed points untouched
 
 
+@pytest.mark.parametrize("dtype", HALF)
+def test_mix_images_in_place_half_every_pattern(isa, dtype):
+    """The in-place pair step on every 16-bit pattern (NaN payloads, infinities, subnormals; the
+    bfloat16 path loads and stores two vectors at a time, permuted within 128-bit halves under AVX2):
+    each output the float32 mix of its own two inputs rounded once to the dtype (a fused multiply-add
+    may move it one unit in the last place), NaN exactly where the float32 mix is NaN."""
+    bits = torch.arange(65536, dtype=torch.int32).to(torch.int16).view(dtype)
+    x = torch.stack([bits, bits.roll(12345)]).reshape(2, 1, 256, 256)
+    lam = torch.tensor([0.3, 0.8])
+    y = x.clone()
+    L.mix_images_(y, lam, torch.tensor([1, 0]), backend="cpu")
+    xf = x.float()
+    want = torch.stack([lam[0] * xf[0] + (1 - lam[0]) * xf[1], lam[1] * xf[1] + (1 - lam[1]) * xf[0]]).to(dtype)
+    assert torch.equal(y.isnan(), want.isnan())
+    fin = torch.isfinite(want) & torch.isfinite(y)
+    assert torch.equal(y[~fin & ~want.isnan()], want[~fin & ~want.isnan()])  # the same infinities
+    ulp = torch.finfo(dtype).eps * want[fin].float().abs().clamp_min(torch.finfo(dtype).tiny)
+    assert bool(((y[fin].float() - want[fin].float()).abs() <= ulp).all())
+    assert (y[fin] == want[fin]).float().mean() > 0.99
+
+
 def test_mix_out_of_range_index_without_validation():
     x = _images(torch.float32)
     lam, idx = _lam(6), torch.tensor([0, 9, 2, -4, 4, 5])

@@ -598,10 +598,7 @@ inline lmx::vfloat load_kind(const void* p, int64_t i) {
   if constexpr (K == kElemF32) {
     return lmx::vload(static_cast<const float*>(p) + i);
   } else if constexpr (K == kElemU8) {
-    typedef uint8_t vu8 __attribute__((vector_size(lmx::kFloatLanes)));
-    vu8 u;
-    std::memcpy(&u, static_cast<const uint8_t*>(p) + i, sizeof u);
-    return __builtin_convertvector(u, lmx::vfloat);
+    return lmx::vload_u8(static_cast<const uint8_t*>(p) + i);
   } else if constexpr (K == kElemF16) {
     return lmx::vf16_to_f32(static_cast<const uint16_t*>(p) + i);
   } else {
@@ -630,6 +627,29 @@ void mix_span_kinds(const void* xa, const void* xb, void* o, int64_t e, int64_t 
   constexpr int W = lmx::kFloatLanes;
   const lmx::vfloat vl = lmx::vsplat(lam), vo = lmx::vsplat(oml), vs = lmx::vsplat(scale), vm = lmx::vsplat(mean),
                     vd = lmx::vsplat(sd);
+  if constexpr ((IK == kElemBF16 || OK == kElemBF16) && lmx::kBf16PairInOrder) {
+    // two vectors per bfloat16 load / store (one 128-bit access in the baseline build)
+    for (; k + 2 * W <= n; k += 2 * W) {
+      lmx::vfloat a0, a1, b0, b1;
+      if constexpr (IK == kElemBF16) {
+        lmx::vbf16_load2(static_cast<const uint16_t*>(xa) + e + k, a0, a1);
+        lmx::vbf16_load2(static_cast<const uint16_t*>(xb) + e + k, b0, b1);
+      } else {
+        a0 = load_kind<IK>(xa, e + k), a1 = load_kind<IK>(xa, e + k + W);
+        b0 = load_kind<IK>(xb, e + k), b1 = load_kind<IK>(xb, e + k + W);
+      }
+      const lmx::vfloat r0 = lmx::mix_value(lmx::normalise(a0, vs, vm, vd, M, SD),
+                                            lmx::normalise(b0, vs, vm, vd, M, SD), vl, vo);
+      const lmx::vfloat r1 = lmx::mix_value(lmx::normalise(a1, vs, vm, vd, M, SD),
+                                            lmx::normalise(b1, vs, vm, vd, M, SD), vl, vo);
+      if constexpr (OK == kElemBF16) {
+        lmx::vbf16_store2(static_cast<uint16_t*>(o) + e + k, r0, r1);
+      } else {
+        store_kind<OK>(o, e + k, r0);
+        store_kind<OK>(o, e + k + W, r1);
+      }
+    }
+  }
   for (; k + W <= n; k += W) {
     const lmx::vfloat va = lmx::normalise(load_kind<IK>(xa, e + k), vs, vm, vd, M, SD);
     const lmx::vfloat vb = lmx::normalise(load_kind<IK>(xb, e + k), vs, vm, vd, M, SD);
@@ -865,6 +885,13 @@ void mix_pair_half(int kind, uint16_t* xb, uint16_t* xc, float lb, float lc, int
   constexpr int W = lmx::kFloatLanes;
   const vfloat vlb = lmx::vsplat(lb), vomb = lmx::vsplat(omb), vlc = lmx::vsplat(lc), vomc = lmx::vsplat(omc);
   if (kind == kElemBF16) {
+    for (; k + 2 * W <= n; k += 2 * W) {  // elementwise: the pair forms' lane order does not matter
+      vfloat u0, u1, v0, v1;
+      lmx::vbf16_load2(pb + k, u0, u1);
+      lmx::vbf16_load2(pc + k, v0, v1);
+      lmx::vbf16_store2(pb + k, lmx::mix_value(u0, v0, vlb, vomb), lmx::mix_value(u1, v1, vlb, vomb));
+      lmx::vbf16_store2(pc + k, lmx::mix_value(v0, u0, vlc, vomc), lmx::mix_value(v1, u1, vlc, vomc));
+    }
     for (; k + W <= n; k += W) {
       const vfloat u = lmx::vbf16_to_f32(pb + k), v = lmx::vbf16_to_f32(pc + k);
       lmx::vf32_to_bf16(pb + k, lmx::mix_value(u, v, vlb, vomb));

@@ -231,12 +231,80 @@ static inline void vstore_h(uint16_t* p, vuint v) {  // lanes hold values < 2^16
   std::memcpy(p, &h, sizeof h);
 #endif
 }
+#if defined(LMX_X86_MINMAX)
+// x86: a bfloat16 is the high half of a float32, so a load interleaves the 16-bit patterns with
+// zeros (punpcklwd), and a store rounds, shifts arithmetically (the result then fits the signed
+// 16-bit range exactly) and packs with packssdw: no zero-extension, no range shift.
+static inline __m128i bf16_round_shift(__m128i u) {  // (u + 0x7FFF + lsb) >> 16, sign-extended
+  const __m128i lsb = _mm_and_si128(_mm_srli_epi32(u, 16), _mm_set1_epi32(1));
+  return _mm_srai_epi32(_mm_add_epi32(u, _mm_add_epi32(lsb, _mm_set1_epi32(0x7FFF))), 16);
+}
+static inline __m128i bf16_fix_nan(__m128i packed, __m128i nan16) {  // NaN lanes -> 0x7FC0
+  return _mm_or_si128(_mm_andnot_si128(nan16, packed), _mm_and_si128(nan16, _mm_set1_epi16(0x7FC0)));
+}
+#endif
+#if defined(LMX_X86_MINMAX) && LMX_FLOAT_LANES == 4
+static inline vfloat vbf16_to_f32(const uint16_t* p) {
+  return (vfloat)_mm_unpacklo_epi16(_mm_setzero_si128(), _mm_loadl_epi64(reinterpret_cast<const __m128i*>(p)));
+}
+static inline void vf32_to_bf16(uint16_t* p, vfloat f) {
+  const __m128i nan = _mm_castps_si128(_mm_cmpunord_ps((__m128)f, (__m128)f));
+  const __m128i r = _mm_packs_epi32(bf16_round_shift((__m128i)f), bf16_round_shift((__m128i)f));
+  _mm_storel_epi64(reinterpret_cast<__m128i*>(p), bf16_fix_nan(r, _mm_packs_epi32(nan, nan)));
+}
+// Two vectors (8 values) per call, in order: one 128-bit load or store.
+constexpr bool kBf16PairInOrder = true;
+static inline void vbf16_load2(const uint16_t* p, vfloat& a, vfloat& b) {
+  const __m128i h = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p)), z = _mm_setzero_si128();
+  a = (vfloat)_mm_unpacklo_epi16(z, h);
+  b = (vfloat)_mm_unpackhi_epi16(z, h);
+}
+static inline void vbf16_store2(uint16_t* p, vfloat a, vfloat b) {
+  const __m128i nan = _mm_packs_epi32(_mm_castps_si128(_mm_cmpunord_ps((__m128)a, (__m128)a)),
+                                      _mm_castps_si128(_mm_cmpunord_ps((__m128)b, (__m128)b)));
+  const __m128i r = _mm_packs_epi32(bf16_round_shift((__m128i)a), bf16_round_shift((__m128i)b));
+  _mm_storeu_si128(reinterpret_cast<__m128i*>(p), bf16_fix_nan(r, nan));
+}
+#else
 static inline vfloat vbf16_to_f32(const uint16_t* p) { return (vfloat)(vload_h(p) << 16); }
 static inline void vf32_to_bf16(uint16_t* p, vfloat f) {
   const vuint u = (vuint)f;
   const vuint r = (u + 0x7FFFu + ((u >> 16) & 1u)) >> 16;
   vstore_h(p, (vuint)vselect(f != f, (vfloat)(r * 0u + 0x7FC0u), (vfloat)r));
 }
+#if defined(LMX_X86_MINMAX) && LMX_FLOAT_LANES == 8
+// AVX2: 16 values per call with one 256-bit load or store. vpunpck{l,h}wd and vpackssdw work within
+// 128-bit halves, so the two vectors hold the values permuted ([0-3, 8-11] and [4-7, 12-15]), and
+// the store undoes exactly that: for elementwise work on values loaded the same way only.
+constexpr bool kBf16PairInOrder = false;
+static inline void vbf16_load2(const uint16_t* p, vfloat& a, vfloat& b) {
+  const __m256i h = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)), z = _mm256_setzero_si256();
+  a = (vfloat)_mm256_unpacklo_epi16(z, h);
+  b = (vfloat)_mm256_unpackhi_epi16(z, h);
+}
+static inline __m256i bf16_round_shift8(__m256i u) {
+  const __m256i lsb = _mm256_and_si256(_mm256_srli_epi32(u, 16), _mm256_set1_epi32(1));
+  return _mm256_srai_epi32(_mm256_add_epi32(u, _mm256_add_epi32(lsb, _mm256_set1_epi32(0x7FFF))), 16);
+}
+static inline void vbf16_store2(uint16_t* p, vfloat a, vfloat b) {
+  const __m256i nan = _mm256_packs_epi32(_mm256_castps_si256(_mm256_cmp_ps((__m256)a, (__m256)a, _CMP_UNORD_Q)),
+                                         _mm256_castps_si256(_mm256_cmp_ps((__m256)b, (__m256)b, _CMP_UNORD_Q)));
+  const __m256i r = _mm256_packs_epi32(bf16_round_shift8((__m256i)a), bf16_round_shift8((__m256i)b));
+  const __m256i out = _mm256_or_si256(_mm256_andnot_si256(nan, r), _mm256_and_si256(nan, _mm256_set1_epi16(0x7FC0)));
+  _mm256_storeu_si256(reinterpret_cast<__m256i*>(p), out);
+}
+#else
+constexpr bool kBf16PairInOrder = true;
+static inline void vbf16_load2(const uint16_t* p, vfloat& a, vfloat& b) {
+  a = vbf16_to_f32(p);
+  b = vbf16_to_f32(p + kFloatLanes);
+}
+static inline void vbf16_store2(uint16_t* p, vfloat a, vfloat b) {
+  vf32_to_bf16(p, a);
+  vf32_to_bf16(p + kFloatLanes, b);
+}
+#endif
+#endif
 #if defined(LMX_F16C) && LMX_FLOAT_LANES == 8
 static inline vfloat vf16_to_f32(const uint16_t* p) {
   return (vfloat)_mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
@@ -268,6 +336,26 @@ static inline void vf32_to_f16(uint16_t* p, vfloat f) {
   vstore_h(p, o | (sign >> 16));
 }
 #endif
+#endif
+
+// kFloatLanes bytes -> float32 (GCC scalarises __builtin_convertvector from uint8 vectors on x86,
+// one cvtsi2ss per byte: the explicit zero-extension instead).
+#if LMX_VECTOR_EXT
+static inline vfloat vload_u8(const uint8_t* p) {
+#if defined(LMX_X86_MINMAX) && LMX_FLOAT_LANES == 8
+  return (vfloat)_mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(p))));
+#elif defined(LMX_X86_MINMAX) && LMX_FLOAT_LANES == 4
+  int32_t w;
+  std::memcpy(&w, p, 4);
+  const __m128i z = _mm_setzero_si128();
+  return (vfloat)_mm_cvtepi32_ps(_mm_unpacklo_epi16(_mm_unpacklo_epi8(_mm_cvtsi32_si128(w), z), z));
+#else
+  typedef uint8_t vu8 __attribute__((vector_size(kFloatLanes)));
+  vu8 u;
+  std::memcpy(&u, p, sizeof u);
+  return __builtin_convertvector(__builtin_convertvector(u, vint), vfloat);
+#endif
+}
 #endif
 
 // The 128-bit build on x86-64 (SSE2 only by default): float16 arrays through F16C's 4-lane forms
@@ -321,6 +409,14 @@ static inline void half_to_float(int kind, const uint16_t* src, float* dst, int6
   int64_t k = 0;
 #if LMX_VECTOR_EXT
   if (kind == kHalfBF16) {
+    if (kBf16PairInOrder) {
+      for (; k + 2 * kFloatLanes <= n; k += 2 * kFloatLanes) {
+        vfloat a, b;
+        vbf16_load2(src + k, a, b);
+        vstore(dst + k, a);
+        vstore(dst + k + kFloatLanes, b);
+      }
+    }
     for (; k + kFloatLanes <= n; k += kFloatLanes) vstore(dst + k, vbf16_to_f32(src + k));
   } else {
 #ifdef LMX_F16C_AT_RUN_TIME
@@ -335,6 +431,10 @@ static inline void float_to_half(int kind, const float* src, uint16_t* dst, int6
   int64_t k = 0;
 #if LMX_VECTOR_EXT
   if (kind == kHalfBF16) {
+    if (kBf16PairInOrder) {
+      for (; k + 2 * kFloatLanes <= n; k += 2 * kFloatLanes)
+        vbf16_store2(dst + k, vload(src + k), vload(src + k + kFloatLanes));
+    }
     for (; k + kFloatLanes <= n; k += kFloatLanes) vf32_to_bf16(dst + k, vload(src + k));
   } else {
 #ifdef LMX_F16C_AT_RUN_TIME
