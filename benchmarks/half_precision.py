@@ -18,7 +18,7 @@ from typing import Callable, Dict, List
 
 import torch
 
-from .timing import percentile, wall_seconds
+from .timing import percentile, run_echoing, wall_seconds
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -104,16 +104,7 @@ def main(argv=None) -> int:
     ap.add_argument("--threads", type=int, nargs="+", default=[1, 2])
     ap.add_argument("--out", help="also write the console output to this file")
     args = ap.parse_args(argv)
-    lines: List[str] = []
-
-    def echo(msg: str) -> None:
-        print(msg, flush=True)
-        lines.append(msg)
-
-    run(args.rounds, tuple(args.threads), echo)
-    if args.out:
-        with open(args.out, "w") as f:
-            f.write("\n".join(lines) + "\n")
+    run_echoing(lambda e: run(args.rounds, tuple(args.threads), e), args.out)
     return 0
 
 

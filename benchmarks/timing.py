@@ -38,6 +38,21 @@ class _L2Flush:
             self.buf.zero_()
 
 
+def run_echoing(body: Callable[[Callable[[str], None]], Any], out: Optional[str] = None) -> None:
+    """Run ``body(echo)``: every line it echoes is printed at once and, with ``out``, also written
+    to that file at the end (a side script's console kept next to the results)."""
+    lines: List[str] = []
+
+    def echo(msg: str) -> None:
+        print(msg, flush=True)
+        lines.append(msg)
+
+    body(echo)
+    if out:
+        with open(out, "w") as f:
+            f.write("\n".join(lines) + "\n")
+
+
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)

@@ -20,7 +20,7 @@ from typing import Callable, Dict, List
 
 import torch
 
-from .timing import percentile, wall_seconds
+from .timing import percentile, run_echoing, wall_seconds
 
 N, C = 4096, 1204
 BIG_N, BIG_C = 64, 70000
@@ -109,16 +109,7 @@ def main(argv=None) -> int:
     ap.add_argument("--rounds", type=int, default=15)
     ap.add_argument("--out", help="also write the console output to this file")
     args = ap.parse_args(argv)
-    lines: List[str] = []
-
-    def echo(msg: str) -> None:
-        print(msg, flush=True)
-        lines.append(msg)
-
-    run(args.rounds, echo)
-    if args.out:
-        with open(args.out, "w") as f:
-            f.write("\n".join(lines) + "\n")
+    run_echoing(lambda e: run(args.rounds, e), args.out)
     return 0
 
 

@@ -57,6 +57,17 @@ def seesaw_adjustment(z: Tensor, labels: Tensor, counts: Optional[Tensor], p: fl
     return adj if adj is not None else torch.zeros_like(z)
 
 
+def split_logits(logits: Tensor, obj_weights: Optional[Tensor], counts: Optional[Tensor]):
+    """``seesaw_fwd``'s inputs in its maths dtype: (x = logits in float32 / float64, C (class
+    columns: C+2 logits when there are objectness weights), z = x's class columns, the counts cut
+    to C entries (mmdetection's C+1 buffer keeps background last))."""
+    x = logits.to(_opmath(logits.dtype))
+    c = x.shape[1] - 2 if obj_weights is not None else x.shape[1]
+    if counts is not None and counts.dim() == 1 and counts.shape[0] > c:
+        counts = counts[:c]
+    return x, c, x[:, :c], counts
+
+
 def _sets(labels: Tensor, num_classes: int, ignore_index: Optional[int]):
     """Per label set: (rows with a class loss, labels made safe to index with)."""
     lab = labels.long()
@@ -143,14 +154,8 @@ def seesaw_fwd_rows(logits: Tensor, labels: Tensor, weights: Tensor, obj_weights
     """``seesaw_fwd``'s loss outputs as differentiable PyTorch ops: (loss (N,), obj_loss (N,) or
     (0,), None). Rows without a class loss in a set do not read their class logits (NaN there
     gives no NaN), as in the kernels."""
-    om = _opmath(logits.dtype)
-    x = logits.to(om)
-    n, ct = x.shape
-    has_obj = obj_weights is not None
-    c = ct - 2 if has_obj else ct
-    z = x[:, :c]
-    if counts is not None and counts.dim() == 1 and counts.shape[0] > c:
-        counts = counts[:c]
+    x, c, z, counts = split_logits(logits, obj_weights, counts)
+    om, n, has_obj = x.dtype, x.shape[0], obj_weights is not None
     valid, safe = _sets(labels, c, ignore_index)
     loss = x.new_zeros((n,))
     for s in range(labels.shape[0]):

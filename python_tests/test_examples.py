@@ -3,13 +3,14 @@
 The data come with scikit-learn (``load_digits``); without it the tests that need them skip.
 """
 import csv
-import importlib.util
 import math
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+
+from scripts import script_module
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "examples" / "long_tailed_digits.py"
@@ -30,14 +31,8 @@ needs_sklearn = pytest.mark.skipif(not HAS_SKLEARN, reason="scikit-learn is not 
 
 @pytest.fixture(scope="module")
 def demo():
-    spec = importlib.util.spec_from_file_location("long_tailed_digits", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up while the file runs
-    try:
-        spec.loader.exec_module(module)
+    with script_module(SCRIPT, "long_tailed_digits") as module:
         yield module
-    finally:
-        sys.modules.pop(spec.name, None)
 
 
 def test_profile(demo):

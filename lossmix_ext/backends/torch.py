@@ -39,23 +39,14 @@ def _ce_rows_and_grad(z: Tensor, labels: Tensor):
 
 @register_kernel("seesaw_fwd", "torch")
 def seesaw_fwd(logits, labels, weights, obj_weights, counts, p, q, eps, ignore_index):
-    om = opmath_dtype(logits.dtype)
-    x = logits.to(om)
-    n, ct = x.shape
-    has_obj = obj_weights is not None
-    c = ct - 2 if has_obj else ct
-    z = x[:, :c]
-    if counts is not None and counts.dim() == 1 and counts.shape[0] > c:
-        counts = counts[:c]
+    x, c, z, counts = _composite.split_logits(logits, obj_weights, counts)
+    om, n, has_obj = x.dtype, x.shape[0], obj_weights is not None
     loss = x.new_zeros((n,))
     obj_loss = x.new_zeros((n if has_obj else 0,))
     grad = torch.empty_like(x, memory_format=torch.contiguous_format)
+    valid, safe_all = _composite._sets(labels, c, ignore_index)
     for s in range(labels.shape[0]):
-        lab = labels[s].long()
-        active = (lab >= 0) & (lab < c)
-        if ignore_index is not None:
-            active &= lab != ignore_index
-        safe = torch.where(active, lab, torch.zeros_like(lab))[:, None]
+        active, safe = valid[s], safe_all[s][:, None]
         zmod = _composite.seesaw_adjustment(z, safe[:, 0], counts, p, q, eps).add_(z)
         rows, g = _ce_rows_and_grad(zmod, safe)
         w = torch.where(active, weights[s].to(om), torch.zeros_like(rows))
@@ -68,7 +59,7 @@ def seesaw_fwd(logits, labels, weights, obj_weights, counts, p, q, eps, ignore_i
         else:
             grad[:, :c].add_(g)
         if has_obj:
-            target = (lab == c).long()[:, None]
+            target = (labels[s].long() == c).long()[:, None]
             orows, og = _ce_rows_and_grad(x[:, c:], target)
             ow = obj_weights[s].to(om)
             obj_loss += ow * orows
