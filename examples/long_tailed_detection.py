@@ -17,7 +17,10 @@ trained from scratch), optimiser, schedule, steps and seeds train with four reci
 * ``lossmix``        -- each batch mixed with ``lossmix_ext.LossMix(alpha=1.0)`` (λ ~ Beta(1, 1) per
   image, random partner) by ``mix_detection_batch``, the losses ``λ·L(x̃, y_a) + (1−λ)·L(x̃, y_b)``
   from ``lossmix_detection_losses``;
-* ``seesaw+lossmix`` -- both.
+* ``seesaw+lossmix`` -- both;
+* ``c+2-head``       -- the ``seesaw`` recipe's head and loss layout with both Seesaw factors off
+  (p = q = 0: the normalised C+2 layer, C-way CE on foreground proposals + 2-way objectness),
+  which separates what the mitigation / compensation factors do from what the layer does.
 
 Evaluation: COCO box mAP (IoU 0.50:0.95), AP50, and the mean AP of the three rarest classes,
 computed by torchmetrics' ``MeanAveragePrecision`` (pycocotools backend) -- a maintained
@@ -58,7 +61,7 @@ import lossmix_ext as L
 CLASSES = ["square", "disc", "ring", "triangle", "cross", "bar_h", "bar_v", "diamond", "frame", "x"]
 NUM_CLASSES = len(CLASSES)
 IMBALANCE_RATIO = 50.0
-RECIPES = ("plain", "seesaw", "lossmix", "seesaw+lossmix")
+RECIPES = ("plain", "c+2-head", "seesaw", "lossmix", "seesaw+lossmix")
 TAIL = 3  # the rarest classes reported as "tail AP"
 
 
@@ -202,9 +205,10 @@ def make_model(recipe: str, cfg: Config, seed: int) -> nn.Module:
         rpn_pre_nms_top_n_train=300, rpn_post_nms_top_n_train=150, rpn_pre_nms_top_n_test=300,
         rpn_post_nms_top_n_test=150, box_batch_size_per_image=64, box_detections_per_img=30,
         box_score_thresh=0.01)
-    if "seesaw" in recipe:
+    if "seesaw" in recipe or recipe == "c+2-head":
         from lossmix_ext.integrations.torchvision import seesaw_fast_rcnn
-        seesaw_fast_rcnn(model, p=0.8, q=2.0)
+        off = recipe == "c+2-head"
+        seesaw_fast_rcnn(model, p=0.0 if off else 0.8, q=0.0 if off else 2.0)
     return model
 
 
@@ -299,6 +303,17 @@ def by_recipe(results: Sequence[RunResult]) -> Dict[str, List[RunResult]]:
     return {r: [x for x in results if x.recipe == r] for r in RECIPES if any(x.recipe == r for x in results)}
 
 
+def read_csv(path: Path) -> List[RunResult]:
+    """The runs of an earlier ``results.csv`` (``--resume``)."""
+    out = []
+    with open(path, newline="") as f:
+        for r in csv.DictReader(f):
+            out.append(RunResult(r["recipe"], int(r["seed"]), float(r["map"]), float(r["map50"]), float(r["tail_ap"]),
+                                 float(r["head_ap"]), [float(r[f"ap_{c}"]) for c in CLASSES], float(r["final_loss"]),
+                                 float(r["train_seconds"])))
+    return out
+
+
 def write_csv(path: Path, results: Sequence[RunResult]) -> None:
     with open(path, "w", newline="") as f:
         w = csv.writer(f)
@@ -329,6 +344,14 @@ def conclusions(results: Sequence[RunResult]) -> List[str]:
                     else ("higher" if t > base_tail else "lower"))
         lines.append(f"* `{name}` vs `plain`: mAP {m - base_map:+.3f} ({verdict}), tail AP {t - base_tail:+.3f} "
                      f"({tverdict}).")
+    if "seesaw" in groups and "c+2-head" in groups:
+        m, sd = mean_std([r.map for r in groups["seesaw"]])
+        h, hsd = mean_std([r.map for r in groups["c+2-head"]])
+        t, _ = mean_std([r.tail_ap for r in groups["seesaw"]])
+        ht, _ = mean_std([r.tail_ap for r in groups["c+2-head"]])
+        lines.append(f"* `seesaw` vs `c+2-head` (the Seesaw factors alone, same layer): mAP {m - h:+.3f} "
+                     f"({'within the seeds' + chr(39) + ' spread' if abs(m - h) <= max(sd, hsd) else 'beyond the spread'}), "
+                     f"tail AP {t - ht:+.3f}.")
     if len(next(iter(groups.values()))) < 2:
         lines.append("* One seed only: no spread to compare against; read the differences as anecdotes.")
     return lines
@@ -409,6 +432,8 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     p.add_argument("--out", type=Path, default=None, help="output folder (default: a new temporary folder)")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     p.add_argument("--smoke", action="store_true", help="tiny data, 1 seed, 3 steps: checks the pipeline")
+    p.add_argument("--resume", action="store_true",
+                   help="keep the runs already in --out's results.csv (same settings) and run only the others")
     return p.parse_args(argv)
 
 
@@ -441,15 +466,20 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     tc = DataSet.counts(data.train)
     print(f"data: {len(data.train)} training images, per class {tc} ({tc[0] / tc[-1]:.0f}:1); "
           f"{len(data.test)} test images")
-    results = []
+    results = read_csv(out / "results.csv") if args.resume and (out / "results.csv").exists() else []
+    done = {(r.recipe, r.seed) for r in results}
     for seed in range(cfg.seeds):
         for recipe in args.recipes:
+            if (recipe, seed) in done:
+                continue
             r = train_run(data, recipe, seed, cfg)
             print(f"{recipe:15s} seed {seed}: mAP {r.map:.3f}  AP50 {r.map50:.3f}  tail AP {r.tail_ap:.3f}  "
                   f"({r.seconds:.0f} s)")
             results.append(r)
             write_csv(out / "results.csv", results)
-    wall = time.perf_counter() - t0
+    results.sort(key=lambda r: (r.seed, RECIPES.index(r.recipe)))
+    write_csv(out / "results.csv", results)
+    wall = time.perf_counter() - t0 + sum(r.seconds for r in results if (r.recipe, r.seed) in done)
     write_summary(out / "summary.md", data, results, cfg, wall)
     plot(out / "ap.png", data, results)
     print((out / "summary.md").read_text())

@@ -89,10 +89,17 @@ def test_smoke_run(tmp_path):
                           capture_output=True, text=True, timeout=600, cwd=str(ROOT))
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     rows = list(csv.DictReader(open(tmp_path / "results.csv")))
-    assert [r["recipe"] for r in rows] == ["plain", "seesaw", "lossmix", "seesaw+lossmix"]
+    assert [r["recipe"] for r in rows] == ["plain", "c+2-head", "seesaw", "lossmix", "seesaw+lossmix"]
     for r in rows:
         for key in ("map", "map50", "tail_ap", "head_ap", "final_loss"):
             assert math.isfinite(float(r[key])), (r["recipe"], key, r[key])
         assert 0.0 <= float(r["map"]) <= 1.0
     summary = (tmp_path / "summary.md").read_text()
     assert "| `seesaw+lossmix` |" in summary and "imbalance" in summary
+    # --resume keeps the finished runs and trains nothing more
+    first = (tmp_path / "results.csv").read_text()
+    again = subprocess.run([sys.executable, str(SCRIPT), "--smoke", "--resume", "--out", str(tmp_path)],
+                           capture_output=True, text=True, timeout=600, cwd=str(ROOT))
+    assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
+    assert " seed 0: mAP" not in again.stdout
+    assert (tmp_path / "results.csv").read_text() == first

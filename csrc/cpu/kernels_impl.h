@@ -926,6 +926,20 @@ void float_to_half_fn(int kind, const float* src, uint16_t* dst, int64_t n) {
 }
 void scale_half(int kind, const uint16_t* src, uint16_t* dst, int64_t n, float s) {
   const int hk = kind == kElemBF16 ? lmx::kHalfBF16 : lmx::kHalfF16;
+#if LMX_VECTOR_EXT
+  if (kind == kElemBF16) {  // elementwise in registers (the pair forms' lane order does not matter)
+    constexpr int W = lmx::kFloatLanes;
+    const lmx::vfloat vs = lmx::vsplat(s);
+    int64_t k = 0;
+    for (; k + 2 * W <= n; k += 2 * W) {
+      lmx::vfloat a, b;
+      lmx::vbf16_load2(src + k, a, b);
+      lmx::vbf16_store2(dst + k, a * vs, b * vs);
+    }
+    for (; k < n; ++k) dst[k] = lmx::sf32_to_bf16(lmx::sbf16_to_f32(src[k]) * s);
+    return;
+  }
+#endif
   alignas(64) float buf[kMixBlock];
   for (int64_t e = 0; e < n; e += kMixBlock) {
     const int64_t len = std::min(n - e, kMixBlock);
