@@ -37,14 +37,17 @@ def _cases(g: torch.Generator) -> Dict[str, Dict[str, Callable[[], object]]]:
     x = {k: logits.to(d).clone().requires_grad_() for k, d in DTYPES.items()}  # leaves of their own
     imgs = {k: images.to(d) for k, d in DTYPES.items()}
 
-    def seesaw(k):
+    half = torch.tensor(0.5)
+
+    def seesaw(k, upstream=None):
         def run():
             x[k].grad = None
-            L.seesaw_loss(x[k], labels, counts, backend="cpu").backward()
+            L.seesaw_loss(x[k], labels, counts, backend="cpu").backward(upstream)
         return run
 
     return {
         "seesaw_loss fwd+bwd N=4096 C=1204": {k: seesaw(k) for k in DTYPES},
+        "seesaw_loss fwd+bwd, upstream gradient 0.5 (the saved gradient scaled)": {k: seesaw(k, half) for k in DTYPES},
         "mix_images B=64 3x224x224": {k: (lambda k=k: L.mix_images(imgs[k], lam, index, backend="cpu"))
                                       for k in DTYPES},
         "mix_images uint8 -> dtype, normalised": {
