@@ -264,6 +264,15 @@ def test_soft_labels_rejected(mm):
     assert fused.cum_samples.sum() == 0
 
 
+def _assert_loss_and_grad(got, want, xf, xr, gen):
+    """The fused loss equals mmpretrain's, and so do the gradients of both under one random upstream."""
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+    up = torch.rand(want.shape, generator=gen) + 0.5
+    (want * up).sum().backward()
+    (got * up).sum().backward()
+    torch.testing.assert_close(xf.grad, xr.grad, rtol=1e-5, atol=1e-6)
+
+
 def _decoded(scores):
     """(labels_a, labels_b) of two-class score rows, read with a plain loop (the test's own):
     the non-zero classes of each row, a one-class row's class twice."""
@@ -305,11 +314,7 @@ def test_mixed_scores_are_the_lossmix_form(mm, mm_train, reduction, af):
         want = mm.own.seesaw_ce_loss(xr, la, w_a, *args) + mm.own.seesaw_ce_loss(xr, lb, w_b, *args)
         got = fused(xf, scores, avg_factor=avg, reduction_override=reduction)
         assert torch.equal(fused.cum_samples, ref.cum_samples)
-        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
-        up = torch.rand(want.shape, generator=gen) + 0.5
-        (want * up).sum().backward()
-        (got * up).sum().backward()
-        torch.testing.assert_close(xf.grad, xr.grad, rtol=1e-5, atol=1e-6)
+        _assert_loss_and_grad(got, want, xf, xr, gen)
     assert fused.cum_samples.sum() == 3 * 2 * n  # two classes counted per sample
 
 
@@ -335,11 +340,7 @@ def test_lossmix_form(mm, reduction, af, scalar_lam):
                                   + mm.own.seesaw_ce_loss(xr, lb, w * (1 - lam_t), *args))
         got = fused(xf, la, w, avg_factor=af, reduction_override=reduction, labels_b=lb, lam=lam)
         assert torch.equal(fused.cum_samples, ref.cum_samples)
-        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
-        up = torch.rand(want.shape, generator=gen) + 0.5
-        (want * up).sum().backward()
-        (got * up).sum().backward()
-        torch.testing.assert_close(xf.grad, xr.grad, rtol=1e-5, atol=1e-6)
+        _assert_loss_and_grad(got, want, xf, xr, gen)
     with pytest.raises(ValueError, match="lam"):
         fused(x, la, labels_b=lb, lam=1.5)
     with pytest.raises(ValueError, match="labels_b"):
