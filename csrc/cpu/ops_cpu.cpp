@@ -71,7 +71,6 @@ void run_seesaw(const Tensor& logits, const Tensor& grad, SeesawArgs<T> a) {
   // conversions of the kernels when the row's columns are adjacent), strided, or in place (the
   // row is copied out first, the gradient written over it).
   constexpr bool kHalf = std::is_same_v<D, c10::Half> || std::is_same_v<D, c10::BFloat16>;
-  [[maybe_unused]] const int hk = std::is_same_v<D, c10::BFloat16> ? kElemBF16 : kElemF16;
   auto fn = Fns<T>::row(tab);
   at::parallel_for(0, N, grain, [&](int64_t r0, int64_t r1) {
     std::vector<T> scratch(scratch_n + 2 * CT);
@@ -82,6 +81,7 @@ void run_seesaw(const Tensor& logits, const Tensor& grad, SeesawArgs<T> a) {
       D* gr = g + i * g0;
       if constexpr (kHalf && std::is_same_v<T, float>) {
         if (s1 == 1 && g1 == 1) {
+          constexpr int hk = std::is_same_v<D, c10::BFloat16> ? kElemBF16 : kElemF16;
           bool active = false;  // a class loss in some label set (else the row reads only its objectness)
           for (int s = 0; s < a.S; ++s)
             active |= lmx::label_active(a.labels[s * a.lab_s + i * a.lab_n], a.C, a.has_ignore, a.ignore_index);

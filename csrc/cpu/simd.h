@@ -249,8 +249,8 @@ static inline vfloat vbf16_to_f32(const uint16_t* p) {
 }
 static inline void vf32_to_bf16(uint16_t* p, vfloat f) {
   const __m128i nan = _mm_castps_si128(_mm_cmpunord_ps((__m128)f, (__m128)f));
-  const __m128i r = _mm_packs_epi32(bf16_round_shift((__m128i)f), bf16_round_shift((__m128i)f));
-  _mm_storel_epi64(reinterpret_cast<__m128i*>(p), bf16_fix_nan(r, _mm_packs_epi32(nan, nan)));
+  const __m128i r = bf16_round_shift((__m128i)f);
+  _mm_storel_epi64(reinterpret_cast<__m128i*>(p), bf16_fix_nan(_mm_packs_epi32(r, r), _mm_packs_epi32(nan, nan)));
 }
 // Two vectors (8 values) per call, in order: one 128-bit load or store.
 constexpr bool kBf16PairInOrder = true;
