@@ -3,7 +3,9 @@
     python -m benchmarks.half_precision [--rounds 15] [--threads 1 2] [--out FILE]
 
 Seesaw forward + backward at N = 4096, C = 1204 (the ``SeesawLoss`` module's C + 2 columns are
-not needed for this: ``seesaw_loss`` over C classes) and image mixing at B = 64, 3×224×224
+not needed for this: ``seesaw_loss`` over C classes), and at N = 256 where the logits and the
+gradient stay in the L2 cache (so the ratio there is the conversions' compute alone), and image
+mixing at B = 64, 3×224×224
 (``mix_images`` out of place and ``mix_images_`` in place; uint8 into each dtype too), for both
 instruction-set builds of the kernels (AVX2+FMA+F16C and the baseline). Every round times the
 dtypes of a case interleaved (alternating order), so the ratios to float32 are per round;
@@ -35,19 +37,22 @@ def _cases(g: torch.Generator) -> Dict[str, Dict[str, Callable[[], object]]]:
     index = torch.randperm(64, generator=g)
     pairs = torch.arange(63, -1, -1)
     x = {k: logits.to(d).clone().requires_grad_() for k, d in DTYPES.items()}  # leaves of their own
+    xs = {k: logits[:256].to(d).clone().requires_grad_() for k, d in DTYPES.items()}
     imgs = {k: images.to(d) for k, d in DTYPES.items()}
 
     half = torch.tensor(0.5)
 
-    def seesaw(k, upstream=None):
+    def seesaw(k, upstream=None, rows=x, lab=labels):
         def run():
-            x[k].grad = None
-            L.seesaw_loss(x[k], labels, counts, backend="cpu").backward(upstream)
+            rows[k].grad = None
+            L.seesaw_loss(rows[k], lab, counts, backend="cpu").backward(upstream)
         return run
 
     return {
         "seesaw_loss fwd+bwd N=4096 C=1204": {k: seesaw(k) for k in DTYPES},
         "seesaw_loss fwd+bwd, upstream gradient 0.5 (the saved gradient scaled)": {k: seesaw(k, half) for k in DTYPES},
+        "seesaw_loss fwd+bwd N=256 C=1204 (rows stay in L2)": {k: seesaw(k, rows=xs, lab=labels[:256])
+                                                              for k in DTYPES},
         "mix_images B=64 3x224x224": {k: (lambda k=k: L.mix_images(imgs[k], lam, index, backend="cpu"))
                                       for k in DTYPES},
         "mix_images uint8 -> dtype, normalised": {

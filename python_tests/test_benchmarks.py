@@ -280,3 +280,21 @@ def test_dtype_table_and_quick_set_dtypes():
     assert "(0.50x)" in text and "(1.50x)" in text and "lossmix_reduce" not in text
     line = next(ln for ln in text.splitlines() if ln.startswith("reference"))
     assert line.split()[1:] == ["10.000", "-", "-"]
+
+
+def test_half_precision_benchmark_reports_every_case_and_restores_the_isa():
+    """The interleaved fp32 / bf16 / fp16 comparison: a ratio for every case, dtype and kernel
+    build, and the run-time ISA choice and thread count put back afterwards."""
+    pytest.importorskip("lossmix_ext._C")
+    import lossmix_ext._C as native
+    from benchmarks import half_precision as H
+    before = (native.cpu_isa(), torch.get_num_threads())
+    lines = []
+    results = H.run(rounds=1, threads=(1,), echo=lines.append)
+    isas = [i for i in ("avx2", "baseline") if i in native.cpu_isas().split(",")]
+    names = list(H._cases(torch.Generator().manual_seed(0)))
+    assert any("rows stay in L2" in n for n in names)
+    assert set(results) == {f"{i}/1/{n}/{d}" for i in isas for n in names for d in ("bfloat16", "float16")}
+    assert all(r > 0 for r in results.values())
+    assert (native.cpu_isa(), torch.get_num_threads()) == before
+    assert sum(line.lstrip().startswith("== ") for line in lines) == len(isas)
